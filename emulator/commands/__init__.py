@@ -1,0 +1,1 @@
+"""One module per command group of ``nitro-emu``; see :mod:`emulator.cli`."""

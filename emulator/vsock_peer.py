@@ -1,0 +1,184 @@
+"""Small VSOCK programs to run inside an enclave: check connectivity, test, benchmark.
+
+Standard library only (plus ``vsock_enclave`` beside it). Each server prints ``ready <port>``
+on stdout once it listens, then serves until killed::
+
+    python3 -m emulator.vsock_peer echo 5000      # echo every byte back, keep half-close
+    python3 -m emulator.vsock_peer digest 5001    # read to EOF, reply "<sha256> <count>"
+    python3 -m emulator.vsock_peer source 5002    # read an 8-byte count, send that many bytes
+    python3 -m emulator.vsock_peer whoami 5003    # reply "<peer cid> <peer port> <own port>"
+    python3 -m emulator.vsock_peer http 8080      # HTTP/1.1 server answering GET with a body
+    python3 -m emulator.vsock_peer echo-parent 7000 [N]  # connect to (3, 7000), echo N conns
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+from typing import Any, Callable, Dict, Tuple
+
+try:  # inside the package, or copied flat beside vsock_enclave.py in an image
+    from emulator import vsock_enclave
+except ImportError:  # pragma: no cover - the flat layout
+    import vsock_enclave  # type: ignore[no-redef]
+
+CHUNK = 256 * 1024
+PATTERN = bytes(range(256)) * (CHUNK // 256)
+
+
+def pattern_bytes(count: int) -> bytes:
+    """The first ``count`` bytes of the stream ``source`` sends (for checking)."""
+    return (PATTERN * (count // len(PATTERN) + 1))[:count]
+
+
+def _echo(conn: socket.socket) -> None:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while True:
+        n = conn.recv_into(buf)
+        if not n:
+            break
+        conn.sendall(view[:n])
+    conn.shutdown(socket.SHUT_WR)  # keep the half-close: the peer sees EOF after its data
+
+
+def _digest(conn: socket.socket) -> None:
+    digest = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    count = 0
+    while True:
+        n = conn.recv_into(buf)
+        if not n:
+            break
+        digest.update(view[:n])
+        count += n
+    conn.sendall(f"{digest.hexdigest()} {count}\n".encode())
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("peer closed early")
+        data += chunk
+    return data
+
+
+def _source(conn: socket.socket) -> None:
+    (remaining,) = struct.unpack(">Q", _recv_exact(conn, 8))
+    view = memoryview(PATTERN)
+    while remaining:
+        step = min(remaining, len(PATTERN))
+        conn.sendall(view[:step])
+        remaining -= step
+    conn.shutdown(socket.SHUT_WR)
+
+
+def _whoami(conn: socket.socket, peer: Tuple[int, int], listener: Any) -> None:
+    conn.sendall(f"{peer[0]} {peer[1]} {listener.port}\n".encode())
+
+
+def _handle(handler: Callable[..., None], conn: socket.socket, *args: Any) -> None:
+    try:
+        handler(conn, *args)
+    except OSError:
+        pass  # the peer went away: this connection only
+    finally:
+        conn.close()
+
+
+def serve(kind: str, port: int) -> None:
+    """Serve ``kind`` on VSOCK ``port`` until the process is killed."""
+    listener = vsock_enclave.listen(port, backlog=1024)
+    print(f"ready {listener.port}", flush=True)
+    try:
+        while True:
+            conn, peer = listener.accept()
+            args: Tuple[Any, ...] = (peer, listener) if kind == "whoami" else ()
+            thread = threading.Thread(target=_handle, args=(HANDLERS[kind], conn, *args), daemon=True)
+            thread.start()
+    finally:
+        listener.close()
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = f"hello from vsock {self.path} peer={self.client_address[0]}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+
+class VsockHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """``http.server`` on a VSOCK listener instead of TCP."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int, handler: Any = _Hello) -> None:
+        super().__init__(("", 0), handler, bind_and_activate=False)
+        self.listener = vsock_enclave.listen(port, backlog=1024)
+        self.socket = self.listener.socket
+
+    def get_request(self) -> Tuple[socket.socket, Any]:
+        return self.listener.accept()
+
+    def server_close(self) -> None:
+        self.listener.close()
+
+
+def echo_parent(port: int, connections: int) -> None:
+    """Connect to the parent's ``port`` ``connections`` times in turn and echo each stream."""
+    print("ready", flush=True)
+    for _ in range(connections):
+        conn = vsock_enclave.connect_parent(port)
+        _handle(_echo, conn)
+
+
+HANDLERS: Dict[str, Callable[..., None]] = {
+    "echo": _echo,
+    "digest": _digest,
+    "source": _source,
+    "whoami": _whoami,
+}
+
+
+def main(argv: list) -> int:
+    if len(argv) < 2 or argv[0] not in (*HANDLERS, "http", "echo-parent"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    kind, port = argv[0], int(argv[1])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # close listeners: no stale files
+    if kind == "http":
+        server = VsockHTTPServer(port)
+        print(f"ready {server.listener.port}", flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+    elif kind == "echo-parent":
+        echo_parent(port, int(argv[2]) if len(argv) > 2 else 1)
+    else:
+        serve(kind, port)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)

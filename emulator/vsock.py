@@ -44,6 +44,7 @@ __all__ = [
     "UnknownCidError",
     "VsockListener",
     "VsockServer",
+    "check_address",
     "connect",
     "listen",
     "open_connection",
@@ -239,8 +240,7 @@ async def start_server(
     return VsockServer(server, listener)
 
 
-def listener_path(cid: int, port: int) -> str:
-    """Where the listener (cid, port) lives on the host (for diagnostics and tests)."""
-    _checked(cid, port)
-    return _target_path(cid, port)
 
+def check_address(cid: int, port: int) -> None:
+    """Raise :class:`InvalidAddressError` unless (cid, port) is a connectable VSOCK address."""
+    _checked(cid, port)

@@ -133,7 +133,8 @@ def decode_cose_sign1(data: bytes) -> CoseSign1:
                 f"CBOR tag {message.tag} is not COSE_Sign1 (tag 18, or untagged as on Nitro)"
             )
         message = message.value
-    if not isinstance(message, list) or len(message) != 4:
+    # cbor2 hands a tagged array over as a tuple.
+    if not isinstance(message, (list, tuple)) or len(message) != 4:
         raise MalformedDocumentError(
             "not a COSE_Sign1 message: expected an array of 4 items "
             "[protected, unprotected, payload, signature]"
@@ -141,7 +142,7 @@ def decode_cose_sign1(data: bytes) -> CoseSign1:
     protected, unprotected, payload, signature = message
     for name, value, kind in (
         ("protected header", protected, bytes),
-        ("unprotected header", unprotected, dict),
+        ("unprotected header", unprotected, Mapping),
         ("payload", payload, bytes),
         ("signature", signature, bytes),
     ):
@@ -160,7 +161,7 @@ def decode_cose_sign1(data: bytes) -> CoseSign1:
 
 def _check_protected_header(protected: bytes, unprotected: Mapping[Any, Any]) -> None:
     headers = decode_cbor(protected, "the COSE protected header") if protected else {}
-    if not isinstance(headers, dict):
+    if not isinstance(headers, Mapping):
         raise MalformedDocumentError(
             f"the COSE protected header must encode a map, got {type(headers).__name__}"
         )

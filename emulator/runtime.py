@@ -1,0 +1,431 @@
+"""Run, describe, terminate enclaves: the Python API under ``nitro-emu run-enclave`` & co.
+
+::
+
+    from emulator.runtime import run_enclave, terminate_enclave
+
+    info = run_enclave("app.eif", memory_mib=512, cpu_count=2, debug_mode=True)
+    print(info.to_nitro_cli_json(kind="run"))
+    terminate_enclave(info.enclave_id)
+
+    with running_enclave("app.eif", memory_mib=512, cpu_count=2) as info:
+        ...                                   # terminated on exit, whatever happens
+
+Every call first reaps what killed processes left (:mod:`emulator.reaper`). Failures raise
+:class:`~emulator.errors.NitroCliError` with nitro-cli's code (issue 4, "Bad input").
+Lifecycle and the supervisor: :mod:`emulator.supervisor`; the container:
+:mod:`emulator.enclave_container`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emulator.eif_cache import EifSummary, summarize_eif
+from emulator.enclave_resources import (
+    allocate_cid,
+    allocate_cpus,
+    check_memory,
+    host_cpuset,
+    load_instance_id,
+    new_enclave_id,
+)
+from emulator.enclave_resources import enclave_name as unique_name
+from emulator.enclave_state import (
+    FLAGS_DEBUG,
+    FLAGS_NONE,
+    STATE_EMPTY,
+    SUPERVISOR_LOG,
+    EnclaveInfo,
+    home_lock,
+    list_records,
+    read_record,
+    supervisor_alive,
+    write_record,
+)
+from emulator.errors import NitroCliError
+from emulator.nitro_cli_errors import nitro_cli_error
+from emulator.reaper import cleanup_enclave, log_path, reap
+from emulator.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = [
+    "EnclaveInfo",
+    "describe_enclaves",
+    "enclave_logs",
+    "find_enclave",
+    "run_enclave",
+    "running_enclave",
+    "terminate_all",
+    "terminate_enclave",
+]
+
+#: nitro-cli waits 90 s per started 6 GiB of EIF for the boot signal (resource_manager.rs).
+BOOT_TIMEOUT_S = 90.0
+#: How long terminate waits for the supervisor's graceful exit before SIGKILL.
+TERMINATE_TIMEOUT_S = 15.0
+_SPAWN_TIMEOUT_S = 20.0
+
+
+def _client(client: docker.DockerClient | None) -> docker.DockerClient:
+    if client is not None:
+        return client
+    from emulator.docker_client import EngineUnavailableError, docker_client
+
+    try:
+        return docker_client()
+    except EngineUnavailableError as error:
+        raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
+
+
+class _Lines:
+    """Lines from the supervisor's readiness pipe, with a deadline per line."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def readline(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return None  # EOF: the supervisor died
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def _wait_gone(info: EnclaveInfo, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while supervisor_alive(info):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _spawn_supervisor(settings: Settings, info: EnclaveInfo) -> tuple[_Lines, int, int]:
+    """Start the detached supervisor; returns its pipe, pid and start ticks (E05 on failure)."""
+    read_fd, write_fd = os.pipe()
+    log = settings.enclave_dir(info.enclave_id) / SUPERVISOR_LOG
+    env = dict(os.environ, NITRO_EMU_HOME=str(settings.home))
+    try:
+        with open(log, "ab") as log_file:
+            launcher = subprocess.Popen(
+                [sys.executable, "-m", "emulator.supervisor",
+                 "--enclave-id", info.enclave_id, "--ready-fd", str(write_fd)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                pass_fds=(write_fd,), env=env, start_new_session=True,
+            )
+    except OSError as error:
+        os.close(read_fd)
+        raise nitro_cli_error("ProcessSpawnFailure", detail=f"({error}); check that {sys.executable} runs.") from error
+    finally:
+        os.close(write_fd)
+    lines = _Lines(read_fd)
+    line = lines.readline(_SPAWN_TIMEOUT_S)
+    launcher.wait()
+    parts = (line or "").split()
+    if len(parts) == 3 and parts[0] == "PID" and parts[1].isdigit() and parts[2].isdigit():
+        return lines, int(parts[1]), int(parts[2])
+    lines.close()
+    why = line if line and line.startswith("ERROR") else _tail(log) or "no answer"
+    raise nitro_cli_error("ProcessSpawnFailure", detail=f"The enclave supervisor did not start: {why}")
+
+
+def run_enclave(
+    eif_path: str | os.PathLike[str],
+    *,
+    memory_mib: int,
+    cpu_count: int | None = None,
+    cpu_ids: Sequence[int] | None = None,
+    enclave_cid: int | None = None,
+    debug_mode: bool = False,
+    enclave_name: str | None = None,
+    instance_id: str | None = None,
+    client: docker.DockerClient | None = None,
+    boot_timeout: float = BOOT_TIMEOUT_S,
+    on_started: Callable[[EnclaveInfo], None] | None = None,
+) -> EnclaveInfo:
+    """Start an enclave from an EIF, as ``nitro-cli run-enclave`` does.
+
+    Checks (nitro-cli's codes): the EIF opens (E19) and parses with a good CRC (E35);
+    memory > 0 and >= 4x the EIF size (E26); CPUs from the pool (E20/E21/E22); the CID is
+    not reserved (E03) nor in use (E29). The name defaults to the EIF's stem and is made
+    unique (``name_1``...). Returns once the container runs and its NSM answers.
+
+    Args:
+        on_started: called with the record as soon as the enclave's CID is known
+            (before the boot finishes), e.g. to print nitro-cli's "Started enclave" line.
+    """
+    settings = get_settings()
+    client = _client(client)
+    reap(settings, client)
+    summary: EifSummary = summarize_eif(settings, client, Path(eif_path))
+    check_memory(memory_mib, summary.size)
+    instance = load_instance_id(settings, instance_id)
+    with home_lock(settings):
+        records = list_records(settings)
+        cpus = allocate_cpus(cpu_count, cpu_ids, [cpu for r in records for cpu in r.cpu_ids])
+        cid = allocate_cid(enclave_cid, {r.cid: r.enclave_id for r in records})
+        name = unique_name(enclave_name, summary.path, [r.name for r in records])
+        enclave_id, started = new_enclave_id(instance)
+        info = EnclaveInfo(
+            enclave_id=enclave_id, name=name, cid=cid, process_id=0, cpu_ids=cpus,
+            memory_mib=memory_mib, state=STATE_EMPTY,
+            flags=FLAGS_DEBUG if debug_mode else FLAGS_NONE,
+            measurements=summary.measurements, eif_path=str(summary.path),
+            instance_id=instance, started_at_ms=started, image_name=summary.image_name,
+            image_version=summary.image_version, metadata=summary.metadata,
+            image_tag=summary.image_tag, host_cpus=host_cpuset(cpus),
+        )
+        write_record(settings, info)
+        try:
+            lines, pid, ticks = _spawn_supervisor(settings, info)
+        except BaseException:
+            cleanup_enclave(settings, enclave_id, enclave=info, client=client, reason="its supervisor did not start")
+            raise
+        info = info.evolve(process_id=pid, process_start=ticks)
+        write_record(settings, info)
+    if on_started is not None:
+        on_started(info)
+    try:
+        line = lines.readline(boot_timeout)
+    finally:
+        lines.close()
+    if line == "READY":
+        return read_record(settings, enclave_id) or info
+    # Boot failed: the supervisor removed what it made; make sure it and its watchdog are gone.
+    if line is None and supervisor_alive(info):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _wait_gone(info, 10.0)
+    cleanup_enclave(settings, enclave_id, enclave=info, client=client, reason="it failed to boot")
+    if line and line.startswith("ERROR "):
+        _, code, message = line.split(" ", 2)
+        raise nitro_cli_error(int(code), detail=message)
+    why = _tail(log_path(settings, enclave_id), 3) or "the supervisor died"
+    raise nitro_cli_error("EnclaveBootFailure", detail=f"No ready signal within {boot_timeout:.0f} s: {why}")
+
+
+@contextlib.contextmanager
+def running_enclave(eif_path: str | os.PathLike[str], **options: Any) -> Iterator[EnclaveInfo]:
+    """:func:`run_enclave` as a context manager: the enclave is terminated on exit."""
+    info = run_enclave(eif_path, **options)
+    try:
+        yield info
+    finally:
+        with contextlib.suppress(NitroCliError):
+            terminate_enclave(info.enclave_id)
+
+
+def describe_enclaves(*, client: docker.DockerClient | None = None) -> list[EnclaveInfo]:
+    """The enclaves of this home that have booted (RUNNING or TERMINATING), oldest first."""
+    settings = get_settings()
+    reap(settings, _client_or_none(client))
+    return [r for r in list_records(settings) if r.state != STATE_EMPTY and supervisor_alive(r)]
+
+
+def _client_or_none(client: docker.DockerClient | None) -> docker.DockerClient | None:
+    if client is not None:
+        return client
+    from emulator.docker_client import EngineUnavailableError, docker_client
+
+    try:
+        return docker_client()
+    except EngineUnavailableError:
+        return None  # reaping records and dirs still works; containers wait for the engine
+
+
+def find_enclave(*, enclave_id: str | None = None, name: str | None = None) -> EnclaveInfo:
+    """The running enclave with this id or name (E11 / E58 when there is none)."""
+    settings = get_settings()
+    records = [r for r in list_records(settings) if supervisor_alive(r)]
+    if name is not None:
+        matches = [r for r in records if r.name == name]
+        if len(matches) != 1:
+            problem = "No enclave matched the given name." if not matches else "Conflicting enclave names have been found."
+            raise nitro_cli_error("EnclaveNamingError", detail=f"{problem} ({name!r}; see describe-enclaves)")
+        return matches[0]
+    for record in records:
+        if record.enclave_id == enclave_id:
+            return record
+    raise nitro_cli_error(
+        "SocketError",
+        detail=f"No running enclave has the id {enclave_id!r}; list them with describe-enclaves.",
+    )
+
+
+def terminate_enclave(
+    enclave_id: str | None = None, *, name: str | None = None, timeout: float = TERMINATE_TIMEOUT_S
+) -> EnclaveInfo:
+    """Terminate one enclave (SIGTERM to its supervisor, SIGKILL after ``timeout``)."""
+    settings = get_settings()
+    reap(settings, _client_or_none(None))
+    info = find_enclave(enclave_id=enclave_id, name=name)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(info.process_id, signal.SIGTERM)
+    if not _wait_gone(info, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.process_id, signal.SIGKILL)
+        _wait_gone(info, 5.0)
+        cleanup_enclave(settings, info.enclave_id, enclave=info,
+                        reason=f"terminate-enclave killed its supervisor after {timeout:.0f} s")
+    return info
+
+
+def terminate_all() -> list[EnclaveInfo]:
+    """Terminate every running enclave of this home."""
+    return [terminate_enclave(info.enclave_id) for info in describe_enclaves()]
+
+
+def enclave_logs(enclave_id: str, *, client: docker.DockerClient | None = None) -> str:
+    """What an enclave printed: so far while it runs; after it ended, why and its last output."""
+    settings = get_settings()
+    record = read_record(settings, enclave_id)
+    if record is not None and record.container_id and supervisor_alive(record):
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            raw = _client(client).containers.get(record.container_id).logs()
+            return raw.decode("utf-8", "replace")
+    path = log_path(settings, enclave_id)
+    if path.exists():
+        return path.read_text(errors="replace")
+    raise nitro_cli_error(
+        "SocketError", detail=f"No enclave with the id {enclave_id!r} ran in {settings.home}."
+    )
+
+
+def exit_reason(enclave_id: str) -> str | None:
+    """The first line of a finished enclave's log (why it ended), if it ended."""
+    path = log_path(get_settings(), enclave_id)
+    try:
+        first = path.read_text(errors="replace").splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return first.split(" ended: ", 1)[-1]
+
+
+def stream_console(
+    info: EnclaveInfo,
+    write: Callable[[bytes], object],
+    *,
+    disconnect_timeout: float | None = None,
+    client: docker.DockerClient | None = None,
+) -> str | None:
+    """Copy a debug-mode enclave's output to ``write`` as it comes (``nitro-cli console``).
+
+    Returns why the enclave ended when it ended, or None when ``disconnect_timeout``
+    seconds passed first. Raises E44 for an enclave not started in debug mode.
+    """
+    import threading
+
+    import docker.errors
+
+    if not info.debug_mode:
+        raise nitro_cli_error(
+            "EnclaveConsoleConnectionFailure",
+            detail=("The enclave was not started with the debug flag set, include '--debug-mode' "
+                    "in the run-enclave command."),
+        )
+    docker_client = _client(client)
+    try:
+        container = docker_client.containers.get(info.container_id or "")
+        stream = container.logs(stream=True, follow=True)
+    except docker.errors.NotFound:
+        return _await_exit_reason(info.enclave_id)
+    except docker.errors.APIError as error:
+        raise nitro_cli_error("EnclaveConsoleConnectionFailure", detail=str(error.explanation or error)) from error
+    ended = threading.Event()
+
+    def pump() -> None:
+        try:
+            for chunk in stream:
+                write(chunk)
+        except Exception:  # noqa: BLE001 - a closed stream ends the copy, as EOF does
+            pass
+        finally:
+            ended.set()
+
+    thread = threading.Thread(target=pump, name="console", daemon=True)
+    thread.start()
+    if not ended.wait(disconnect_timeout):
+        with contextlib.suppress(Exception):
+            stream.close()
+        thread.join(2.0)
+        return None
+    thread.join(2.0)
+    return _await_exit_reason(info.enclave_id)
+
+
+def _await_exit_reason(enclave_id: str, timeout: float = 10.0) -> str | None:
+    """The exit reason the supervisor writes just after its container stops."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reason = exit_reason(enclave_id)
+        if reason is not None:
+            return reason
+        time.sleep(0.05)
+    return None
+
+
+def pop_exit_notices() -> list[tuple[str, str]]:
+    """(enclave id, why it ended) of enclaves that ended since the last call in this home."""
+    settings = get_settings()
+    marker = settings.logs_dir / ".noticed"
+    try:
+        since = marker.stat().st_mtime_ns
+    except FileNotFoundError:
+        since = 0
+    if not settings.logs_dir.is_dir():
+        return []
+    notices = []
+    newest = since
+    for path in sorted(settings.logs_dir.glob("*.log"), key=lambda p: p.stat().st_mtime_ns):
+        mtime = path.stat().st_mtime_ns
+        if mtime <= since:
+            continue
+        newest = max(newest, mtime)
+        reason = exit_reason(path.stem)
+        if reason is not None:
+            notices.append((path.stem, reason))
+    if newest > since:
+        marker.touch()
+        os.utime(marker, ns=(newest, newest))
+    return notices
+
+
+def reap_now() -> list[str]:
+    """Reap this home now (what every command does first)."""
+    return reap(get_settings(), _client_or_none(None))

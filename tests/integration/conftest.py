@@ -1,0 +1,291 @@
+"""Docker fixtures other integration tests reuse: enclave app images, EIFs, running enclaves.
+
+- ``build_app_image(files, cmd=..., include_fake_nsm=True)``: an image ``FROM`` the local
+  base image with ``files`` ({path in image: text or bytes}) and, by default, the project's
+  ``fake_nsm`` package on ``PYTHONPATH`` (so enclave code can ``import fake_nsm.client``).
+  Cached by content hash (tag ``nitro-emu-test/app:<hash>``).
+- ``build_app_eif(image, directory)``: ``emulator.eif.build_eif`` -> (path, Measurements).
+- ``run_test_enclave(eif, memory_mib=..., ...)``: a context manager that runs an enclave
+  in the current ``NITRO_EMU_HOME`` and always terminates it.
+- ``probe_eif``: a session EIF whose app prints one JSON line of facts (``FACTS {...}``)
+  then waits (see ``PROBE_APP``); ``minimum_memory(eif)``: nitro-cli's 4x-EIF minimum.
+- an autouse leak check for ``docker`` tests that use ``nitro_home``: afterwards no
+  container labelled with that home, no live supervisor, no runtime or state dir remains
+  (whatever remains is removed, then the test fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import signal
+import tarfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_REPOSITORY = "nitro-emu-test/app"
+
+#: The probe enclave: facts as one JSON line, then an NSM attestation, then it waits.
+#: Writing a number N to /run/nitro-emu/allocate makes it allocate N MiB (the OOM test).
+PROBE_APP = r'''
+import base64, errno, json, os, socket, sys, time
+
+def status_field(name):
+    for line in open("/proc/self/status"):
+        if line.startswith(name + ":"):
+            return line.split()[1]
+
+def try_connect(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect((host, port))
+        return "connected"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno)) if e.errno else type(e).__name__
+    finally:
+        s.close()
+
+def try_write(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return "written"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+def key_files():
+    found = []
+    for top in ("/",):
+        for dirpath, dirnames, filenames in os.walk(top):
+            if dirpath in ("/proc", "/sys", "/dev"):
+                dirnames[:] = []
+                continue
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 1 << 20:
+                        continue
+                    with open(path, "rb") as f:
+                        if b"PRIVATE KEY" in f.read():
+                            found.append(path)
+                except OSError:
+                    pass
+    return found
+
+facts = {
+    "interfaces": sorted(os.listdir("/sys/class/net")),
+    "connect_gateway": try_connect("172.17.0.1", 2375),
+    "connect_internet": try_connect("1.1.1.1", 443),
+    "write_root": try_write("/probe-file"),
+    "write_usr": try_write("/usr/probe-file"),
+    "write_tmp": try_write("/tmp/probe-file"),
+    "cap_eff": status_field("CapEff"),
+    "cap_bnd": status_field("CapBnd"),
+    "no_new_privs": status_field("NoNewPrivs"),
+    "nproc": len(os.sched_getaffinity(0)),
+    "env": {k: v for k, v in os.environ.items() if k.startswith("NITRO_EMU")},
+    "mounts": [line.split()[4] for line in open("/proc/self/mountinfo")],
+    "key_files": key_files(),
+    "cgroup_memory_limit": None,
+}
+for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+        facts["cgroup_memory_limit"] = open(path).read().strip()
+        break
+    except OSError:
+        pass
+from fake_nsm.client import NsmClient
+with NsmClient() as nsm:
+    doc = nsm.get_attestation_doc(nonce=b"probe-nonce", user_data=b"probe")
+    facts["module_id"] = nsm.describe_nsm().module_id
+facts["attestation_b64"] = base64.b64encode(doc).decode()
+print("FACTS " + json.dumps(facts), flush=True)
+hold = []
+while True:
+    try:
+        amount = int(open("/run/nitro-emu/allocate").read().strip() or 0)
+    except (OSError, ValueError):
+        amount = 0
+    if amount:
+        print(f"allocating {amount} MiB", flush=True)
+        for _ in range(amount):
+            hold.append(bytearray(os.urandom(16)) * (1 << 16))  # 1 MiB, touched
+        print("allocated", flush=True)
+    time.sleep(0.1)
+'''
+
+
+def _image_context(files: Mapping[str, str | bytes], cmd: list[str], include_fake_nsm: bool, base: str) -> bytes:
+    """A tar build context: Dockerfile, the files, and optionally fake_nsm/."""
+    lines = [f"FROM {base}"]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+
+        def add(name: str, data: bytes, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            archive.addfile(info, io.BytesIO(data))
+
+        if include_fake_nsm:
+            for source in sorted((ROOT / "fake_nsm").glob("*.py")):
+                add(f"fake_nsm/{source.name}", source.read_bytes())
+            lines += ["COPY fake_nsm /opt/nitro-emu/fake_nsm", "ENV PYTHONPATH=/opt/nitro-emu"]
+        for index, (path, content) in enumerate(sorted(files.items())):
+            data = content.encode() if isinstance(content, str) else content
+            add(f"files/{index}", data)
+            lines.append(f"COPY files/{index} {path}")
+        lines.append(f"CMD {__import__('json').dumps(cmd)}")
+        add("Dockerfile", ("\n".join(lines) + "\n").encode())
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def build_app_image(docker_client, base_image) -> Callable[..., str]:  # type: ignore[no-untyped-def]
+    """Factory: build (or reuse) an enclave app image; returns its tag."""
+
+    def build(
+        files: Mapping[str, str | bytes],
+        *,
+        cmd: list[str] | None = None,
+        include_fake_nsm: bool = True,
+    ) -> str:
+        command = cmd or ["python3", "-u", sorted(files)[0]]
+        context = _image_context(files, command, include_fake_nsm, base_image)
+        tag = f"{APP_REPOSITORY}:{hashlib.sha256(context).hexdigest()[:24]}"
+        with contextlib.suppress(Exception):
+            docker_client.images.get(tag)
+            return tag
+        docker_client.images.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag, rm=True, forcerm=True)
+        return tag
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def build_app_eif(docker_client) -> Callable[..., tuple[Path, Any]]:  # type: ignore[no-untyped-def]
+    """Factory: build an EIF of a local image into a directory; returns (path, Measurements)."""
+    from emulator.eif import build_eif
+
+    def build(image: str, directory: Path, name: str = "app", **options: Any) -> tuple[Path, Any]:
+        output = Path(directory) / f"{name}.eif"
+        measurements = build_eif(docker_client, image, output, **options)
+        return output, measurements
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def probe_image(build_app_image) -> str:  # type: ignore[no-untyped-def]
+    return build_app_image({"/app/probe.py": PROBE_APP})
+
+
+@pytest.fixture(scope="session")
+def probe_eif(build_app_eif, probe_image, tmp_path_factory) -> tuple[Path, Any]:  # type: ignore[no-untyped-def]
+    """(path, Measurements) of the probe app's EIF, built once per session."""
+    return build_app_eif(probe_image, tmp_path_factory.mktemp("eif"), name="probe")
+
+
+def minimum_memory(eif: Path) -> int:
+    """nitro-cli's minimum --memory for this EIF: 4 x its size in MiB, rounded up."""
+    return -(-eif.stat().st_size // (1 << 20)) * 4
+
+
+@pytest.fixture
+def run_test_enclave() -> Callable[..., contextlib.AbstractContextManager[Any]]:
+    """Context manager factory: run an enclave (current home) and always terminate it."""
+    from emulator.runtime import running_enclave
+
+    return running_enclave
+
+
+def wait_for_output(enclave_id: str, marker: str, timeout: float = 30.0) -> str:
+    """The enclave's output once a line starting with ``marker`` appeared in it."""
+    from emulator.runtime import enclave_logs
+
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = enclave_logs(enclave_id)
+        if any(line.startswith(marker) for line in text.splitlines()):
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"no {marker!r} line from {enclave_id} within {timeout} s; output:\n{text[-2000:]}")
+
+
+def _leftovers(home: Path) -> list[str]:
+    import docker
+
+    from emulator.enclave_container import LABEL_HOME
+    from emulator.enclave_state import list_records, supervisor_alive
+    from emulator.settings import Settings
+
+    settings = Settings(home=home)
+    found: list[str] = []
+    client = docker.from_env()
+    try:
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL_HOME}={home}"}):
+            found.append(f"container {container.name}")
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+    finally:
+        client.close()
+    for record in list_records(settings):
+        if supervisor_alive(record):
+            found.append(f"supervisor pid {record.process_id} of {record.enclave_id}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.process_id, signal.SIGKILL)
+        found.append(f"state dir of {record.enclave_id}")
+        shutil.rmtree(settings.enclave_dir(record.enclave_id), ignore_errors=True)
+    if settings.run_root.is_dir():
+        for entry in settings.run_root.iterdir():
+            if entry.name != "parent":
+                found.append(f"runtime dir {entry}")
+                shutil.rmtree(entry, ignore_errors=True)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _enclave_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a docker test with a private home: nothing of its enclaves may remain."""
+    if request.node.get_closest_marker("docker") is None or "nitro_home" not in request.fixturenames:
+        yield
+        return
+    home: Path = request.getfixturevalue("nitro_home")
+    yield
+    deadline = time.monotonic() + 10.0
+    leftovers = _leftovers_quiet(home)
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.2)  # an enclave that is just ending gets a moment to clean up
+        leftovers = _leftovers_quiet(home)
+    found = _leftovers(home)
+    if found:
+        pytest.fail(f"enclave resources leaked from {request.node.name}: {found}")
+
+
+def _leftovers_quiet(home: Path) -> bool:
+    """True while anything of the home's enclaves exists (no cleanup)."""
+    import docker
+
+    from emulator.enclave_container import LABEL_HOME
+    from emulator.enclave_state import list_records
+    from emulator.settings import Settings
+
+    settings = Settings(home=home)
+    client = docker.from_env()
+    try:
+        if client.containers.list(all=True, filters={"label": f"{LABEL_HOME}={home}"}):
+            return True
+    finally:
+        client.close()
+    if list_records(settings):
+        return True
+    return settings.run_root.is_dir() and any(e.name != "parent" for e in settings.run_root.iterdir())

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
@@ -83,6 +83,7 @@ def parse_chain(certificate: bytes, cabundle: Sequence[bytes]) -> ParsedChain:
     for position, der in zip(positions, ders):
         try:
             cert = x509.load_der_x509_certificate(der)
+            public_key = cert.public_key()
             _check_extensions(cert, position, is_leaf=position == "leaf",
                               cas_below=len(ders) - 2 - len(certificates))
             windows.append(ValidityWindow(position, cert.not_valid_before_utc,
@@ -96,7 +97,7 @@ def parse_chain(certificate: bytes, cabundle: Sequence[bytes]) -> ParsedChain:
                 f"{position} is not a usable DER X.509 certificate: {error}"
             ) from error
         certificates.append(cert)
-    leaf_key = certificates[-1].public_key()
+    leaf_key = public_key
     if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or not isinstance(
         leaf_key.curve, ec.SECP384R1
     ):
@@ -120,7 +121,7 @@ def verify_chain_signatures(chain: ParsedChain) -> ParsedChain:
     for child, issuer in links:
         try:
             certs[child].verify_directly_issued_by(certs[issuer])
-        except (InvalidSignature, ValueError, TypeError) as error:
+        except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as error:
             what = "is not self-signed" if child == issuer else (
                 f"was not issued by {chain.positions[issuer]}"
             )

@@ -26,7 +26,7 @@ MEASUREMENTS = {
 
 
 class TinySigner:
-    """Stand-in until fake_nsm.document_signer lands: an unsigned COSE_Sign1-shaped document."""
+    """An unsigned COSE_Sign1-shaped document, for the fuzz tests (they fuzz the wire, not signing)."""
 
     def __init__(self, module_id: str) -> None:
         self.module_id = module_id
@@ -42,11 +42,9 @@ class TinySigner:
 
 def make_signer(ca_dir: Path, module_id: str = MODULE_ID) -> Any:
     """A real DocumentSigner for ``module_id`` on a test CA kept in ``ca_dir``."""
-    try:
-        from ca import TestCA
-        from fake_nsm.document_signer import DocumentSigner
-    except ImportError:
-        return TinySigner(module_id)
+    from ca import TestCA
+    from fake_nsm.document_signer import DocumentSigner
+
     return DocumentSigner(TestCA.load_or_create(ca_dir), module_id)
 
 

@@ -62,7 +62,7 @@ def device() -> NsmDevice:
     return NsmDevice(module_id=MODULE_ID, signer=TinySigner(MODULE_ID))
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.one_of(st.binary(max_size=200), request_shaped.map(cbor2.dumps), cbor_values.map(cbor2.dumps)))
 def test_any_bytes_get_a_well_formed_reply(device: NsmDevice, data: bytes) -> None:
     try:
@@ -106,7 +106,7 @@ def _widen(value: object, width: int) -> bytes:
     raise TypeError(value)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(request=valid_requests(), width=st.sampled_from([2, 4, 8]))
 def test_valid_requests_decode_in_any_integer_width(request: codec.Request, width: int) -> None:
     wire = codec.encode_request(request)

@@ -1,0 +1,138 @@
+"""Attestation throughput and latency of the fake NSM over its socket, against in-process signing.
+
+Measured in one run, each scenario repeated (median reported):
+- baseline: ``DocumentSigner.sign`` called in-process, one thread;
+- socket, 1 client: ``NsmClient.get_attestation_doc`` over the Unix socket;
+- socket, 8 clients: 8 threads, one connection each.
+
+Targets (issue 3): 8 clients >= 0.7x the in-process rate; p50 <= 2 ms.
+
+    .venv/bin/python bench/nsm.py [--requests 400] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ca import TestCA  # noqa: E402
+from fake_nsm.client import NsmClient, SocketTransport  # noqa: E402
+from fake_nsm.device import NsmDevice  # noqa: E402
+from fake_nsm.document_signer import DocumentSigner  # noqa: E402
+from fake_nsm.server import NsmServer  # noqa: E402
+
+MODULE_ID = "i-0123456789abcdef0-enc0183d09086c24190"
+MEASUREMENTS = {0: b"\x01" * 48, 1: b"\x02" * 48, 2: b"\x03" * 48}
+NONCE = b"n" * 32
+PUBLIC_KEY = b"k" * 294  # the size of an RSA-2048 SPKI, as KMS clients send
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("cbor2", "cryptography"))
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {versions}"
+
+
+def in_process(signer: DocumentSigner, device: NsmDevice, requests: int) -> float:
+    """Documents per second from DocumentSigner.sign alone (the baseline)."""
+    pcrs = device.locked_pcrs()
+    start = time.perf_counter()
+    for _ in range(requests):
+        signer.sign(pcrs, nonce=NONCE, public_key=PUBLIC_KEY)
+    return requests / (time.perf_counter() - start)
+
+
+def over_socket(path: Path, clients: int, requests: int) -> tuple[float, list[float]]:
+    """(documents per second, per-request latencies in seconds) with ``clients`` threads."""
+    per_client = requests // clients
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    connections = [NsmClient(SocketTransport(path)) for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def work(number: int) -> None:
+        nsm, own = connections[number], latencies[number]
+        barrier.wait()
+        for _ in range(per_client):
+            begin = time.perf_counter()
+            nsm.get_attestation_doc(nonce=NONCE, public_key=PUBLIC_KEY)
+            own.append(time.perf_counter() - begin)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    for nsm in connections:
+        nsm.close()
+    flat = [value for own in latencies for value in own]
+    return len(flat) / elapsed, flat
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=400, help="documents per scenario and run")
+    parser.add_argument("--runs", type=int, default=5, help="repetitions; medians are reported")
+    args = parser.parse_args()
+    logging.getLogger("fake_nsm").setLevel(logging.ERROR)
+    print(f"machine: {machine()}")
+    print(f"{args.runs} runs x {args.requests} attestation documents per scenario (nonce 32 B, public_key 294 B)")
+    with tempfile.TemporaryDirectory(prefix="nsmb-") as tmp:
+        signer = DocumentSigner(TestCA.load_or_create(Path(tmp) / "ca"), MODULE_ID)
+        device = NsmDevice(module_id=MODULE_ID, signer=signer, measurements=MEASUREMENTS)
+        in_process(signer, device, 20)  # warm-up: leaf issuance, imports
+        baseline: list[float] = []
+        rates: dict[int, list[float]] = {1: [], 8: []}
+        p50: dict[int, list[float]] = {1: [], 8: []}
+        p99: dict[int, list[float]] = {1: [], 8: []}
+        with NsmServer(Path(tmp) / "nsm.sock", device) as server:
+            over_socket(server.socket_path, 1, 20)
+            for _ in range(args.runs):  # interleaved, so drift hits every scenario alike
+                baseline.append(in_process(signer, device, args.requests))
+                for clients in (1, 8):
+                    rate, latencies = over_socket(server.socket_path, clients, args.requests)
+                    rates[clients].append(rate)
+                    p50[clients].append(percentile(latencies, 0.50))
+                    p99[clients].append(percentile(latencies, 0.99))
+    base = statistics.median(baseline)
+    print(f"{'scenario':28s} {'docs/s':>9s} {'ratio':>7s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    print(f"{'in-process DocumentSigner':28s} {base:9.0f} {1.0:7.2f} {1000 / base:8.2f} {'':>8s}")
+    ok = True
+    for clients in (1, 8):
+        rate = statistics.median(rates[clients])
+        median_p50 = statistics.median(p50[clients]) * 1000
+        median_p99 = statistics.median(p99[clients]) * 1000
+        label = f"socket, {clients} client{'s' if clients > 1 else ''}"
+        print(f"{label:28s} {rate:9.0f} {rate / base:7.2f} {median_p50:8.2f} {median_p99:8.2f}")
+        if clients == 8:
+            ok &= rate / base >= 0.7
+        ok &= median_p50 <= 2.0 or clients > 1
+    print(f"targets (8 clients >= 0.70x in-process, 1-client p50 <= 2 ms): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,8 +21,10 @@ from verifier_helpers import (
     build_chain,
     encode_map,
     make_document,
+    make_test_ca,
     payload_fields,
     sign_cose,
+    signer,
 )
 
 from fake_nsm.aws_root import AWS_NITRO_ROOT_G1_FINGERPRINT, AWS_NITRO_ROOT_G1_PEM
@@ -226,19 +228,42 @@ def test_indefinite_map_re_encoding_of_a_genuine_payload(valid_doc: bytes) -> No
 # --- our documents ---------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return make_test_ca(tmp_path_factory.mktemp("ca") / "ca")
+
+
+def verify_ours(data: bytes, ca, **options: object):  # type: ignore[no-untyped-def]
+    options.setdefault("trusted_roots", [ca.root_pem])
+    options.setdefault("at", NOW)
+    return verify_attestation_document(data, **options)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("definite", [True, False], ids=["definite-map", "indefinite-map"])
 @pytest.mark.parametrize("tagged", [False, True], ids=["untagged", "tag18"])
-def test_our_document_round_trips(chain, definite: bool, tagged: bool) -> None:  # type: ignore[no-untyped-def]
-    data = make_document(
-        chain, definite=definite, tagged=tagged, nonce=b"\x01" * 32, user_data=b"", public_key=b"pk"
+def test_signer_documents_round_trip(ca, definite: bool, tagged: bool) -> None:  # type: ignore[no-untyped-def]
+    data = signer(ca, definite=definite).sign(
+        PCRS, nonce=b"\x01" * 32, user_data=b"", public_key=b"pk"
     )
-    document = verify_attestation_document(
-        data, trusted_roots=[chain.root_pem], at=NOW, nonce=b"\x01" * 32, expected_pcrs=PCRS
-    )
+    if tagged:
+        data = b"\xd2" + data
+    document = verify_ours(data, ca, nonce=b"\x01" * 32, expected_pcrs=PCRS)
     assert document.module_id == MODULE_ID
+    assert document.timestamp == int(NOW.timestamp() * 1000)
     assert dict(document.pcrs) == PCRS
     assert (document.nonce, document.user_data, document.public_key) == (b"\x01" * 32, b"", b"pk")
-    assert document.certificate == chain.leaf_der and document.cabundle == chain.cabundle
+    assert document.cabundle[0] == ca.root_der and len(document.cabundle) == 4
+
+
+@pytest.mark.parametrize("definite", [True, False], ids=["definite-map", "indefinite-map"])
+def test_signer_map_form_is_what_was_asked(ca, definite: bool) -> None:  # type: ignore[no-untyped-def]
+    payload = cbor2.loads(signer(ca, definite=definite).sign(PCRS))[2]
+    assert payload[0] == (0xA9 if definite else 0xBF)
+
+
+def test_local_chain_documents_round_trip(chain) -> None:  # type: ignore[no-untyped-def]
+    data = make_document(chain, definite=False, tagged=True, nonce=b"n")
+    assert verify_attestation_document(data, trusted_roots=[chain.root_der], at=NOW).nonce == b"n"
 
 
 def test_optional_fields_may_be_absent_or_null(chain) -> None:  # type: ignore[no-untyped-def]
@@ -250,11 +275,12 @@ def test_optional_fields_may_be_absent_or_null(chain) -> None:  # type: ignore[n
     assert document.nonce is None and document.user_data is None and document.public_key is None
 
 
-def test_each_policy_failure_has_its_own_class(chain) -> None:  # type: ignore[no-untyped-def]
-    data = make_document(chain, nonce=b"nonce")
+def test_each_policy_failure_has_its_own_class(ca) -> None:  # type: ignore[no-untyped-def]
+    data = signer(ca, definite=False).sign(PCRS, nonce=b"nonce")
     other = build_chain(key_offset=10)
     cases: list[tuple[type[VerificationError], dict[str, object]]] = [
         (UntrustedRootError, {"trusted_roots": [other.root_pem]}),
+        (UntrustedRootError, {"trusted_roots": [AWS_NITRO_ROOT_G1_PEM]}),
         (CertificateExpiredError, {"at": NOW + timedelta(hours=3, seconds=1)}),
         (NonceMismatchError, {"nonce": b"other"}),
         (PcrMismatchError, {"expected_pcrs": {0: hashlib.sha384(b"other").digest()}}),
@@ -262,16 +288,26 @@ def test_each_policy_failure_has_its_own_class(chain) -> None:  # type: ignore[n
         (FutureDocumentError, {"at": NOW - timedelta(seconds=2), "clock_skew": timedelta(seconds=1)}),
     ]
     for expected, options in cases:
-        options.setdefault("trusted_roots", [chain.root_pem])
-        options.setdefault("at", NOW)
         with pytest.raises(expected):
-            verify_attestation_document(data, **options)  # type: ignore[arg-type]
-    debug = make_document(chain, pcrs=DEBUG_PCRS)
+            verify_ours(data, ca, **options)
+    debug = signer(ca, definite=False).sign(DEBUG_PCRS)
     with pytest.raises(DebugModeError):
-        verify_attestation_document(debug, trusted_roots=[chain.root_pem], at=NOW)
-    assert verify_attestation_document(
-        debug, trusted_roots=[chain.root_pem], at=NOW, allow_debug=True
-    ).is_debug_mode
+        verify_ours(debug, ca)
+    assert verify_ours(debug, ca, allow_debug=True).is_debug_mode
+
+
+def test_strict_option_caps_user_data_and_nonce_at_512(ca) -> None:  # type: ignore[no-untyped-def]
+    data = signer(ca, definite=True).sign(PCRS, user_data=bytes(1024), nonce=bytes(513))
+    assert verify_ours(data, ca).user_data == bytes(1024)
+    with pytest.raises(VerificationError, match="512"):
+        verify_ours(data, ca, strict=True)
+
+
+def test_naive_time_is_taken_as_utc(ca) -> None:  # type: ignore[no-untyped-def]
+    data = signer(ca, definite=True).sign(PCRS)
+    naive_expired = (NOW + timedelta(hours=3, seconds=1)).replace(tzinfo=None)
+    with pytest.raises(CertificateExpiredError):
+        verify_ours(data, ca, at=naive_expired)
 
 
 def test_a_document_signed_by_another_key_fails_the_signature(chain) -> None:  # type: ignore[no-untyped-def]
@@ -281,20 +317,6 @@ def test_a_document_signed_by_another_key_fails_the_signature(chain) -> None:  #
         verify_attestation_document(
             sign_cose(payload, other.leaf_key), trusted_roots=[chain.root_pem], at=NOW
         )
-
-
-def test_strict_option_caps_user_data_and_nonce_at_512(chain) -> None:  # type: ignore[no-untyped-def]
-    data = make_document(chain, user_data=bytes(1024), nonce=bytes(513))
-    assert verify_attestation_document(data, trusted_roots=[chain.root_pem], at=NOW)
-    with pytest.raises(VerificationError, match="512"):
-        verify_attestation_document(data, trusted_roots=[chain.root_pem], at=NOW, strict=True)
-
-
-def test_naive_time_is_taken_as_utc(chain) -> None:  # type: ignore[no-untyped-def]
-    data = make_document(chain)
-    naive_expired = (NOW + timedelta(hours=3, seconds=1)).replace(tzinfo=None)
-    with pytest.raises(CertificateExpiredError):
-        verify_attestation_document(data, trusted_roots=[chain.root_pem], at=naive_expired)
 
 
 # --- the chain cache -------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""Helpers for the verifier tests: a local AWS-shaped chain and a document maker.
+"""Helpers for the verifier tests: the project's signer, and a local chain to bend.
 
-The chain mirrors nitro-facts §2.3 (root, regional pathLen 2, zonal pathLen 1, instance
+Documents "we" make come from ``ca.TestCA`` + ``fake_nsm.document_signer`` (:func:`signer`).
+
+The local chain mirrors nitro-facts §2.3 (root, regional pathLen 2, zonal pathLen 1, instance
 pathLen 0 keyCertSign-only, leaf CA:FALSE digitalSignature), so that chain constraints can
 be bent one at a time. Documents made here are signed exactly as Nitro signs them (§2.2).
 """
@@ -11,6 +13,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -20,6 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
+
+from ca import TestCA
+from fake_nsm.document_signer import DocumentSigner
 
 ES384_PROTECTED = b"\xa1\x01\x38\x22"  # {1: -35}
 NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=timezone.utc)
@@ -207,3 +213,13 @@ def make_document(chain: TestChain, *, definite: bool = True, tagged: bool = Fal
     """A signed document from ``chain``'s leaf (see :func:`payload_fields`)."""
     payload = encode_map(payload_fields(chain, **fields), definite=definite)
     return sign_cose(payload, chain.leaf_key, tagged=tagged)
+
+
+def make_test_ca(directory: Path) -> TestCA:
+    """The project's test CA in ``directory``, its clock frozen at :data:`NOW`."""
+    return TestCA.load_or_create(directory, clock=lambda: NOW)
+
+
+def signer(ca: TestCA, *, definite: bool) -> DocumentSigner:
+    """The project's document signer for :data:`MODULE_ID`, its clock frozen at :data:`NOW`."""
+    return DocumentSigner(ca, MODULE_ID, definite_map=definite, clock=lambda: NOW)

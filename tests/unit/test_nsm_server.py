@@ -272,3 +272,56 @@ def test_server_keeps_its_thread_count_bounded(short_dir: Path, device: NsmDevic
                 nsm.get_random()
     assert threading.active_count() == before
     assert not os.path.exists(short_dir / "n.sock")
+
+
+# --- nitro-emu nsm serve ------------------------------------------------------------------------
+
+
+def test_nsm_serve_command_serves_until_sigterm(short_dir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fake_nsm.device import instance_pcr
+    from fake_nsm.verifier import verify_attestation_document
+
+    home, path = short_dir / "home", short_dir / "cli" / "nsm.sock"
+    pcr0 = "ab" * 48
+    command = [
+        sys.executable, "-m", "emulator.cli", "nsm", "serve", "--socket", str(path),
+        "--pcr", f"0={pcr0}", "--instance-id", "i-0123456789abcdef0",
+    ]  # fmt: skip
+    env = {**os.environ, "NITRO_EMU_HOME": str(home)}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "nsm serve did not create its socket"
+            time.sleep(0.05)
+        with NsmClient(SocketTransport(path)) as nsm:
+            assert nsm.describe_pcr(0).data.hex() == pcr0
+            assert nsm.describe_pcr(4).data == instance_pcr("i-0123456789abcdef0")
+            assert nsm.describe_nsm().module_id.startswith("i-0123456789abcdef0-enc")
+            data = nsm.get_attestation_doc(nonce=b"cli")
+        document = verify_attestation_document(data, trusted_roots=[ca_root(home / "ca")], nonce=b"cli")
+        assert document.pcrs[0].hex() == pcr0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert not path.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def test_nsm_serve_rejects_bad_arguments(short_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from emulator.cli import main
+
+    assert main(["nsm", "serve", "--socket", str(short_dir / "s"), "--pcr", "4=" + "00" * 48]) == 1
+    assert "PCR4 comes from --instance-id" in capsys.readouterr().err
+    assert main(["nsm", "serve", "--socket", str(short_dir / "s"), "--pcr", "0=abc"]) == 1
+    assert "96 hex digits" in capsys.readouterr().err

@@ -1,0 +1,449 @@
+"""Enclaves for tests: the context managers behind the pytest plugin, usable without pytest.
+
+    from emulator.testing import enclave
+
+    with enclave(dockerfile_dir="examples/echo", memory_mib=256) as running:
+        sock = running.connect(5000)          # waits while the enclave boots
+        document = running.attest(nonce=b"n") # verified against the test CA
+
+:class:`EnclaveFactory` is the session-wide piece (one state dir, cached EIF builds, every
+enclave it started terminated on ``close``); :func:`enclave` wraps one factory and one
+enclave. ``emulator.pytest_plugin`` exposes both as fixtures.
+
+Errors (all :class:`EnclaveTestError`, an :class:`~emulator.errors.EmulatorError`):
+
+EnclaveTestError
+ +-- EnclaveSpecError     a bad marker/argument value (names the field and what is allowed)
+ +-- EnclaveBuildError    the Dockerfile or the EIF build failed (shows the build's last lines)
+ +-- EnclaveDiedError     the enclave stopped while in use (shows its last output)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from emulator.enclave_images import BuiltEnclave, EnclaveBuilder
+from emulator.errors import EmulatorError
+from emulator.settings import ENV_HOME, Settings
+
+LOG_TAIL_LINES = 25
+_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{17}$")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class EnclaveTestError(EmulatorError):
+    """Base of the errors of :mod:`emulator.testing` and the pytest plugin."""
+
+
+class EnclaveSpecError(EnclaveTestError, ValueError):
+    """An enclave was asked for with a bad value; the message names the field."""
+
+
+class EnclaveBuildError(EnclaveTestError):
+    """The enclave image could not be built (Docker build or EIF build)."""
+
+
+class EnclaveDiedError(EnclaveTestError):
+    """The enclave stopped while a test used it.
+
+    Attributes:
+        enclave_id: the enclave that stopped.
+        last_output: the tail of what it printed (and why it ended, when known).
+    """
+
+    def __init__(self, enclave_id: str, name: str, last_output: str, context: str = "") -> None:
+        self.enclave_id = enclave_id
+        self.last_output = last_output
+        where = f" {context}" if context else ""
+        super().__init__(
+            f"enclave {name} ({enclave_id}) is no longer running{where}; "
+            f"its last output:\n{indent(last_output)}"
+        )
+
+
+def indent(text: str) -> str:
+    """Indent a block of enclave output for an error message."""
+    lines = text.rstrip("\n").splitlines() or ["(no output)"]
+    return "\n".join(f"    | {line}" for line in lines)
+
+
+def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of ``text``."""
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def home_env(home: Path) -> Iterator[None]:
+    """Point ``NITRO_EMU_HOME`` at ``home`` for the block (the runtime reads it per call)."""
+    previous = os.environ.get(ENV_HOME)
+    os.environ[ENV_HOME] = str(home)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_HOME, None)
+        else:
+            os.environ[ENV_HOME] = previous
+
+
+@dataclass(frozen=True)
+class EnclaveSpec:
+    """What enclave to run: the marker's (or :func:`enclave`'s) keyword arguments, checked.
+
+    Attributes:
+        image: a local Docker image to build the EIF from.
+        dockerfile_dir: a directory with a Dockerfile to build the image from.
+        memory_mib: the enclave's memory (run-enclave ``--memory``); None picks nitro-cli's
+            minimum for the EIF (4x its size, at least 256 MiB).
+        cpu_count: its vCPUs (run-enclave ``--cpu-count``).
+        debug_mode: run with ``--debug-mode`` (attestation PCRs read as zero).
+        instance_id: the emulated parent instance id (``i-`` + 17 hex digits; PCR4).
+        build_args: Docker build arguments for ``dockerfile_dir``.
+    """
+
+    image: str | None = None
+    dockerfile_dir: Path | None = None
+    memory_mib: int | None = None
+    cpu_count: int = 1
+    debug_mode: bool = False
+    instance_id: str | None = None
+    build_args: Mapping[str, str] | None = None
+
+    @classmethod
+    def from_arguments(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, where: str) -> EnclaveSpec:
+        """Check marker arguments; raise EnclaveSpecError naming the first bad one."""
+        allowed = [field.name for field in fields(cls)]
+        if args:
+            raise EnclaveSpecError(
+                f"{where}: takes keyword arguments only ({', '.join(allowed)}), got positional {args!r}"
+            )
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise EnclaveSpecError(f"{where}: unknown argument(s) {unknown}; allowed: {', '.join(allowed)}")
+        return cls(**kwargs).checked(where)
+
+    def checked(self, where: str = "nitro_enclave") -> EnclaveSpec:
+        """Return self when every value is valid; raise EnclaveSpecError otherwise."""
+        if (self.image is None) == (self.dockerfile_dir is None):
+            raise EnclaveSpecError(f"{where}: give exactly one of image=... or dockerfile_dir=...")
+        if self.image is not None and (not isinstance(self.image, str) or not self.image):
+            raise EnclaveSpecError(f"{where}: image={self.image!r} must be a non-empty image name")
+        if self.dockerfile_dir is not None:
+            directory = Path(self.dockerfile_dir)
+            if not (directory / "Dockerfile").is_file():
+                raise EnclaveSpecError(
+                    f"{where}: dockerfile_dir={str(self.dockerfile_dir)!r} has no Dockerfile "
+                    f"(looked for {directory.absolute() / 'Dockerfile'})"
+                )
+            object.__setattr__(self, "dockerfile_dir", directory.absolute())
+        for name, minimum in (("memory_mib", 64), ("cpu_count", 1)):
+            value = getattr(self, name)
+            if value is None and name == "memory_mib":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise EnclaveSpecError(f"{where}: {name}={value!r} must be an integer >= {minimum}")
+        if not isinstance(self.debug_mode, bool):
+            raise EnclaveSpecError(f"{where}: debug_mode={self.debug_mode!r} must be True or False")
+        if self.instance_id is not None and (
+            not isinstance(self.instance_id, str) or not _INSTANCE_ID.match(self.instance_id)
+        ):
+            raise EnclaveSpecError(
+                f"{where}: instance_id={self.instance_id!r} must be 'i-' followed by 17 lower-case hex digits"
+            )
+        if self.build_args is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in dict(self.build_args).items()
+        ):
+            raise EnclaveSpecError(f"{where}: build_args must map text to text")
+        return self
+
+
+def minimum_memory_mib(eif_path: Path) -> int:
+    """nitro-cli's minimum ``--memory`` for an EIF: 4x its size in MiB, at least 256."""
+    size_mib = -(-eif_path.stat().st_size // (1024 * 1024))
+    return max(256, 4 * size_mib)
+
+
+class EnclaveHandle:
+    """One running enclave started by an :class:`EnclaveFactory`.
+
+    Attributes:
+        cid, enclave_id, name: as run-enclave reported them.
+        measurements: the EIF's PCRs (index -> bytes), what build-enclave printed.
+        debug_mode: whether it runs in debug mode.
+        home: the state dir (``NITRO_EMU_HOME``) it lives in.
+        eif_path: the EIF it runs.
+    """
+
+    def __init__(self, factory: EnclaveFactory, info: Any, built: BuiltEnclave, debug_mode: bool) -> None:
+        self._factory = factory
+        self.info = info
+        self.cid: int = info.cid
+        self.enclave_id: str = info.enclave_id
+        self.name: str = info.name
+        self.measurements: dict[int, bytes] = built.measurements.pcrs()
+        self.eif_path: Path = built.eif_path
+        self.debug_mode = debug_mode
+        self.home: Path = factory.home
+        self.terminated = False
+
+    def __repr__(self) -> str:
+        return f"<EnclaveHandle {self.name} cid={self.cid} id={self.enclave_id}>"
+
+    def is_running(self) -> bool:
+        """True while the enclave is booting or running."""
+        from emulator.runtime import describe_enclaves
+
+        if self.terminated:
+            return False
+        with home_env(self.home):
+            return any(
+                info.enclave_id == self.enclave_id and info.state in ("EMPTY", "RUNNING")
+                for info in describe_enclaves()
+            )
+
+    def logs(self) -> str:
+        """Everything the enclave printed so far (its exit log once it ended)."""
+        from emulator.runtime import enclave_logs
+
+        with home_env(self.home):
+            try:
+                return enclave_logs(self.enclave_id)
+            except EmulatorError as error:
+                exit_log = Settings(self.home).logs_dir / f"{self.enclave_id}.log"
+                if exit_log.is_file():
+                    return exit_log.read_text(errors="replace")
+                return f"(no output available: {error})"
+
+    def died_error(self, context: str = "") -> EnclaveDiedError:
+        """An EnclaveDiedError carrying this enclave's last output."""
+        return EnclaveDiedError(self.enclave_id, self.name, tail(self.logs()), context)
+
+    def check_alive(self, context: str = "") -> None:
+        """Raise EnclaveDiedError unless the enclave still runs (or was terminated on purpose)."""
+        if not self.terminated and not self.is_running():
+            raise self.died_error(context)
+
+    def connect(self, port: int, *, timeout: float = 30.0) -> Any:
+        """Connect to the enclave's VSOCK ``port``, waiting up to ``timeout`` s for a listener.
+
+        Raises:
+            EnclaveDiedError: the enclave stopped before it listened.
+            ConnectionRefusedError: it runs but nothing listened on ``port`` in time.
+        """
+        from emulator import vsock
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with home_env(self.home):
+                    return vsock.connect(self.cid, port, timeout=timeout)
+            except (ConnectionRefusedError, FileNotFoundError) as error:
+                self.check_alive(f"(while connecting to VSOCK port {port})")
+                if time.monotonic() >= deadline:
+                    raise ConnectionRefusedError(
+                        error.errno,
+                        f"enclave {self.name} runs but nothing listened on VSOCK port {port} "
+                        f"within {timeout:.0f} s; its last output:\n{indent(tail(self.logs()))}",
+                    ) from error
+                time.sleep(0.1)
+
+    def attest_raw(
+        self, *, nonce: bytes | None = None, user_data: bytes | None = None, public_key: bytes | None = None
+    ) -> bytes:
+        """An attestation document (COSE_Sign1 bytes) from this enclave's NSM, unverified."""
+        from fake_nsm.client import NsmClient, SocketTransport
+
+        socket_path = Settings(self.home).run_dir(self.cid) / "nsm.sock"
+        if not socket_path.exists():
+            self.check_alive("(asking its NSM for an attestation document)")
+        with NsmClient(SocketTransport(socket_path, timeout=30.0)) as nsm:
+            return nsm.get_attestation_doc(user_data=user_data, nonce=nonce, public_key=public_key)
+
+    def attest(
+        self, *, nonce: bytes | None = None, user_data: bytes | None = None, public_key: bytes | None = None
+    ) -> Any:
+        """An attestation document from this enclave's NSM, verified and decoded.
+
+        Verified against the factory's test CA root, the nonce, and (outside debug mode) the
+        EIF's PCR0/1/2; returns a :class:`fake_nsm.document.AttestationDocument`. Use
+        :meth:`attest_raw` for the bytes, to test your own verifier.
+        """
+        from fake_nsm.verifier import verify_attestation_document
+
+        raw = self.attest_raw(nonce=nonce, user_data=user_data, public_key=public_key)
+        expected = None if self.debug_mode else {i: v for i, v in self.measurements.items() if i in (0, 1, 2)}
+        return verify_attestation_document(
+            raw,
+            trusted_roots=[self._factory.ca.root_der],
+            nonce=nonce,
+            expected_pcrs=expected,
+            allow_debug=self.debug_mode,
+        )
+
+    def terminate(self) -> None:
+        """Terminate the enclave (idempotent; an enclave that already ended is fine)."""
+        self._factory.terminate(self)
+
+
+class EnclaveFactory:
+    """Builds EIFs (cached by content) and runs enclaves in one state dir.
+
+    Args:
+        home: the state dir (``NITRO_EMU_HOME``) for every enclave of this factory.
+        docker_client: a Docker SDK client (default: from the environment).
+        cache_dir: where EIFs are cached by image id (default ``$XDG_CACHE_HOME/nitro-emu/eif``).
+        worker: a tag for names and CID ranges, unique per parallel worker (xdist's ``gw0``...).
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        docker_client: Any | None = None,
+        cache_dir: Path | None = None,
+        worker: str = "main",
+    ) -> None:
+        self.home = Path(home).absolute()
+        Settings(self.home).ensure_home()
+        self._docker = docker_client
+        self.worker = worker
+        self.builder = EnclaveBuilder(self._docker_client, cache_dir=cache_dir)
+        digits = "".join(ch for ch in worker if ch.isdigit())
+        # Disjoint CID ranges per worker: gw0 -> 1016.., gw1 -> 2016.., main -> 16..
+        self._next_cid = 16 + (1000 * (int(digits) + 1) if digits else 0)
+        self._counter = 0
+        self._ca: Any | None = None
+        self.running: dict[str, EnclaveHandle] = {}
+
+    def _docker_client(self) -> Any:
+        if self._docker is None:
+            from emulator.docker_client import docker_client
+
+            self._docker = docker_client()
+        return self._docker
+
+    @property
+    def ca(self) -> Any:
+        """The test CA of this state dir (the one every enclave's NSM signs with)."""
+        if self._ca is None:
+            from ca import TestCA
+
+            self._ca = TestCA.load_or_create(Settings(self.home).ca_dir)
+        return self._ca
+
+    def build(self, spec: EnclaveSpec) -> BuiltEnclave:
+        """The EIF for a spec's image or Dockerfile dir (built once, then cached)."""
+        try:
+            if spec.dockerfile_dir is not None:
+                return self.builder.from_dockerfile(Path(spec.dockerfile_dir), build_args=spec.build_args)
+            assert spec.image is not None
+            return self.builder.from_image(spec.image)
+        except EnclaveBuildError:
+            raise
+        except EmulatorError as error:
+            raise EnclaveBuildError(f"building the enclave image failed: {error}") from error
+
+    def start(self, spec: EnclaveSpec, *, name: str | None = None) -> EnclaveHandle:
+        """Build (or reuse) the EIF and run an enclave from it."""
+        from emulator.runtime import describe_enclaves, run_enclave
+
+        spec = spec.checked()
+        built = self.build(spec)
+        self._counter += 1
+        label = _NAME_UNSAFE.sub("-", name or "enclave").strip("-")[:40] or "enclave"
+        enclave_name = f"{label}-{self.worker}-{self._counter}"
+        self.ca  # noqa: B018 - create the CA before the supervisor looks for it
+        with home_env(self.home):
+            used = {info.cid for info in describe_enclaves()}
+            while self._next_cid in used:
+                self._next_cid += 1
+            cid, self._next_cid = self._next_cid, self._next_cid + 1
+            info = run_enclave(
+                built.eif_path,
+                memory_mib=spec.memory_mib or minimum_memory_mib(built.eif_path),
+                cpu_count=spec.cpu_count,
+                enclave_cid=cid,
+                debug_mode=spec.debug_mode,
+                enclave_name=enclave_name,
+                instance_id=spec.instance_id,
+            )
+        handle = EnclaveHandle(self, info, built, spec.debug_mode)
+        self.running[handle.enclave_id] = handle
+        return handle
+
+    def terminate(self, handle: EnclaveHandle) -> None:
+        """Terminate one enclave of this factory (nothing happens when it already ended)."""
+        from emulator.runtime import describe_enclaves, terminate_enclave
+
+        self.running.pop(handle.enclave_id, None)
+        if handle.terminated:
+            return
+        handle.terminated = True
+        with home_env(self.home):
+            if any(info.enclave_id == handle.enclave_id for info in describe_enclaves()):
+                terminate_enclave(handle.enclave_id)
+
+    def close(self, *, keep: Iterator[str] | frozenset[str] = frozenset()) -> None:
+        """Terminate every enclave still running, except the ids in ``keep``."""
+        kept = set(keep)
+        errors = []
+        for handle in list(self.running.values()):
+            if handle.enclave_id in kept:
+                continue
+            try:
+                self.terminate(handle)
+            except EmulatorError as error:
+                errors.append(f"{handle.name}: {error}")
+        if self._docker is not None and not kept:
+            with contextlib.suppress(Exception):
+                self._docker.close()
+        if errors:
+            raise EnclaveTestError("could not terminate: " + "; ".join(errors))
+
+    def __enter__(self) -> EnclaveFactory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def enclave(
+    *,
+    image: str | None = None,
+    dockerfile_dir: str | Path | None = None,
+    memory_mib: int | None = None,
+    cpu_count: int = 1,
+    debug_mode: bool = False,
+    instance_id: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    home: str | Path | None = None,
+    name: str | None = None,
+) -> Iterator[EnclaveHandle]:
+    """Run one enclave for the block; terminate it (and clean its state) on exit.
+
+    Without ``home``, a private temporary state dir is made and removed afterwards.
+    """
+    spec = EnclaveSpec(
+        image=image,
+        dockerfile_dir=Path(dockerfile_dir) if dockerfile_dir is not None else None,
+        memory_mib=memory_mib,
+        cpu_count=cpu_count,
+        debug_mode=debug_mode,
+        instance_id=instance_id,
+        build_args=build_args,
+    ).checked("enclave()")
+    with contextlib.ExitStack() as stack:
+        if home is None:
+            home = stack.enter_context(tempfile.TemporaryDirectory(prefix="nitro-"))
+        factory = stack.enter_context(EnclaveFactory(Path(home)))
+        handle = factory.start(spec, name=name)
+        yield handle

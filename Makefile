@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+demo: $(VENV)/.installed
+	$(PY) -m emulator.demo
+
 bench: $(VENV)/.installed
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 

@@ -122,6 +122,8 @@ class TestCA:
                 created = False
         ca = cls.load(directory, clock=clock)
         ca.created = created
+        if created:
+            ca.renewed = ()  # a new CA's intermediates are first issues, not re-issues
         return ca
 
     @classmethod

@@ -81,15 +81,28 @@ _PCR_ENTRY_HEADS = {index: _head(0, index) + b"\x58\x30" for index in range(MAX_
 
 
 def encode_pcrs(pcrs: Mapping[int, bytes]) -> bytes:
-    """``pcrs`` as AWS writes it: a definite map, index order, each value ``58 30`` + 48 bytes."""
+    """``pcrs`` as AWS writes it: a definite map, index order, each value ``58 30`` + 48 bytes.
+
+    PCRs rarely change between documents, so encodings of immutable values are memoized.
+    """
     if not 1 <= len(pcrs) <= MAX_PCRS:
         raise DocumentFieldError(f"pcrs must hold 1..{MAX_PCRS} entries, got {len(pcrs)}")
+    items = tuple(pcrs.items())
+    # Memoize only exact int -> bytes items: a bytearray may change, and True == 1 or
+    # 1.0 == 1 would otherwise hit the entry of a valid map.
+    if all(type(index) is int and type(value) is bytes for index, value in items):
+        return _encode_pcr_items_memoized(items)
+    return _encode_pcr_items(items)
+
+
+def _encode_pcr_items(items: tuple[tuple[int, bytes], ...]) -> bytes:
     try:
-        items = sorted(pcrs.items())
+        ordered = sorted(items, key=lambda item: item[0])
     except TypeError:
-        raise DocumentFieldError(f"PCR indices must be integers, got {list(pcrs)!r:.80}") from None
-    parts = [_head(5, len(items))]
-    for index, value in items:
+        keys = [index for index, _ in items]
+        raise DocumentFieldError(f"PCR indices must be integers, got {keys!r:.80}") from None
+    parts = [_head(5, len(ordered))]
+    for index, value in ordered:
         entry_head = _PCR_ENTRY_HEADS.get(index)
         if entry_head is None or type(index) is not int:
             raise DocumentFieldError(f"PCR index {index!r} is not an integer in 0..{MAX_PCRS - 1}")
@@ -104,6 +117,9 @@ def encode_pcrs(pcrs: Mapping[int, bytes]) -> bytes:
         parts.append(entry_head)
         parts.append(value)
     return b"".join(parts)
+
+
+_encode_pcr_items_memoized = functools.lru_cache(maxsize=16)(_encode_pcr_items)
 
 
 def raw_signature(der: bytes) -> bytes:

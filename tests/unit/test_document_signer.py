@@ -237,3 +237,13 @@ def test_round_trip_through_the_verifier(test_ca: TestCA, clock: FakeClock, defi
     aws_root_fingerprint = "641a0321a3e244efe45646319" + "5d606317ed7cdcc3c1756e09893f3c68f79bb5b"
     with pytest.raises(UntrustedRootError):
         verify_attestation_document(data, trusted_roots=[aws_root_fingerprint], at=clock.now)
+
+
+def test_pcr_memo_never_hides_a_bad_or_changed_value(signer: DocumentSigner) -> None:
+    signer.sign({1: bytes(48)})
+    with pytest.raises(DocumentFieldError, match="index True"):
+        signer.sign({True: bytes(48)})
+    mutable = bytearray(48)
+    signer.sign({0: mutable})
+    mutable[0] = 7
+    assert cbor2.loads(_payload(signer.sign({0: mutable})))["pcrs"][0][0] == 7

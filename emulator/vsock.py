@@ -244,3 +244,12 @@ async def start_server(
 def check_address(cid: int, port: int) -> None:
     """Raise :class:`InvalidAddressError` unless (cid, port) is a connectable VSOCK address."""
     _checked(cid, port)
+
+
+def listener_path(cid: int, port: int) -> str:
+    """The host path of the listener (cid, port), e.g. to wait for an enclave to listen.
+
+    Raises :class:`UnknownCidError` if no enclave has ``cid``.
+    """
+    _checked(cid, port)
+    return _target_path(cid, port)

@@ -6,9 +6,10 @@ on stdout once it listens, then serves until killed::
     python3 -m emulator.vsock_peer echo 5000      # echo every byte back, keep half-close
     python3 -m emulator.vsock_peer digest 5001    # read to EOF, reply "<sha256> <count>"
     python3 -m emulator.vsock_peer source 5002    # read an 8-byte count, send that many bytes
-    python3 -m emulator.vsock_peer whoami 5003    # reply "<peer cid> <peer port> <own port>"
+    python3 -m emulator.vsock_peer whoami 5003    # reply "<peer cid> <peer port> <cid> <port>"
     python3 -m emulator.vsock_peer http 8080      # HTTP/1.1 server answering GET with a body
     python3 -m emulator.vsock_peer echo-parent 7000 [N]  # connect to (3, 7000), echo N conns
+    python3 -m emulator.vsock_peer echo:5000 http:8080   # several at once
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import socketserver
 import struct
 import sys
 import threading
-from typing import Any, Callable, Dict, Tuple
+import time
+from typing import Any, Callable, Dict, List, Tuple
 
 try:  # inside the package, or copied flat beside vsock_enclave.py in an image
     from emulator import vsock_enclave
@@ -83,7 +85,7 @@ def _source(conn: socket.socket) -> None:
 
 
 def _whoami(conn: socket.socket, peer: Tuple[int, int], listener: Any) -> None:
-    conn.sendall(f"{peer[0]} {peer[1]} {listener.port}\n".encode())
+    conn.sendall(f"{peer[0]} {peer[1]} {listener.cid} {listener.port}\n".encode())
 
 
 def _handle(handler: Callable[..., None], conn: socket.socket, *args: Any) -> None:
@@ -95,18 +97,30 @@ def _handle(handler: Callable[..., None], conn: socket.socket, *args: Any) -> No
         conn.close()
 
 
-def serve(kind: str, port: int) -> None:
-    """Serve ``kind`` on VSOCK ``port`` until the process is killed."""
-    listener = vsock_enclave.listen(port, backlog=1024)
-    print(f"ready {listener.port}", flush=True)
-    try:
-        while True:
+def _accept_loop(kind: str, listener: Any) -> None:
+    while True:
+        try:
             conn, peer = listener.accept()
-            args: Tuple[Any, ...] = (peer, listener) if kind == "whoami" else ()
-            thread = threading.Thread(target=_handle, args=(HANDLERS[kind], conn, *args), daemon=True)
-            thread.start()
-    finally:
-        listener.close()
+        except OSError:
+            return  # the listener was closed
+        args: Tuple[Any, ...] = (peer, listener) if kind == "whoami" else ()
+        thread = threading.Thread(target=_handle, args=(HANDLERS[kind], conn, *args), daemon=True)
+        thread.start()
+
+
+def start(kind: str, port: int, connections: int = 1) -> Callable[[], None]:
+    """Start serving ``kind`` on ``port`` in a background thread; return its closer."""
+    if kind == "echo-parent":
+        thread = threading.Thread(target=echo_parent, args=(port, connections), daemon=True)
+        thread.start()
+        return lambda: None
+    if kind == "http":
+        server = VsockHTTPServer(port)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server.server_close
+    listener = vsock_enclave.listen(port, backlog=1024)
+    threading.Thread(target=_accept_loop, args=(kind, listener), daemon=True).start()
+    return listener.close
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
@@ -143,9 +157,15 @@ class VsockHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 def echo_parent(port: int, connections: int) -> None:
     """Connect to the parent's ``port`` ``connections`` times in turn and echo each stream."""
-    print("ready", flush=True)
     for _ in range(connections):
-        conn = vsock_enclave.connect_parent(port)
+        for _attempt in range(600):  # the parent may start listening after we start
+            try:
+                conn = vsock_enclave.connect_parent(port)
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.1)
+        else:
+            return
         _handle(_echo, conn)
 
 
@@ -157,23 +177,24 @@ HANDLERS: Dict[str, Callable[..., None]] = {
 }
 
 
-def main(argv: list) -> int:
-    if len(argv) < 2 or argv[0] not in (*HANDLERS, "http", "echo-parent"):
+def main(argv: List[str]) -> int:
+    """``KIND PORT [N]``, or several ``KIND:PORT[:N]`` specs served at once."""
+    specs = [argv] if len(argv) >= 2 and ":" not in argv[0] else [a.split(":") for a in argv]
+    kinds = (*HANDLERS, "http", "echo-parent")
+    if not specs or any(len(s) < 2 or s[0] not in kinds or not s[1].isdigit() for s in specs):
         print(__doc__, file=sys.stderr)
         return 2
-    kind, port = argv[0], int(argv[1])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # close listeners: no stale files
-    if kind == "http":
-        server = VsockHTTPServer(port)
-        print(f"ready {server.listener.port}", flush=True)
-        try:
-            server.serve_forever()
-        finally:
-            server.server_close()
-    elif kind == "echo-parent":
-        echo_parent(port, int(argv[2]) if len(argv) > 2 else 1)
-    else:
-        serve(kind, port)
+    closers = []
+    try:
+        for spec in specs:
+            closers.append(start(spec[0], int(spec[1]), int(spec[2]) if len(spec) > 2 else 1))
+        print("ready", *(spec[1] for spec in specs), flush=True)
+        while True:
+            signal.pause()
+    finally:
+        for close in closers:
+            close()
     return 0
 
 

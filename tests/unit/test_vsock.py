@@ -53,10 +53,10 @@ def test_enclave_to_parent_echo_and_peer_is_enclave_cid(
 def test_addresses_are_reported_as_cid_port(make_enclave: Callable[[int], FakeEnclave]) -> None:
     make_enclave(16).spawn("whoami", "5003")
     with vsock.connect(16, 5003, timeout=20) as sock:
-        seen_cid, seen_port, own_port = map(int, recv_all(sock).split())
+        seen_cid, seen_port, own_cid, own_port = map(int, recv_all(sock).split())
         assert (seen_cid, seen_port) == vsock_enclave.local_address(sock)
         assert seen_cid == vsock.PARENT_CID
-        assert own_port == 5003
+        assert (own_cid, own_port) == (16, 5003)
         assert vsock.peer_address(sock) == (16, 5003)
 
 
@@ -186,7 +186,7 @@ def test_two_cids_are_isolated(make_enclave: Callable[[int], FakeEnclave]) -> No
     sixteen.spawn("whoami", "5000")
     seventeen.spawn("echo", "6000")
     with vsock.connect(16, 5000, timeout=20) as sock:
-        assert recv_all(sock).split()[2] == b"5000"
+        assert recv_all(sock).split()[2:] == [b"16", b"5000"]
     with pytest.raises(ConnectionRefusedError):  # 17's port is not 16's
         vsock.connect(16, 6000)
     code = (

@@ -284,3 +284,30 @@ def test_concurrent_creation_yields_one_root(ca_dir: Path, clock: FakeClock) -> 
     assert not errors
     assert len({ca_.root_der for ca_ in results}) == 1
     assert sum(ca_.created for ca_ in results) == 1
+
+
+def test_same_shape_as_the_genuine_aws_chain(test_ca: TestCA, aws_vectors: Path) -> None:
+    """Level by level: attribute order, extensions and criticality, BC, KU, lifetimes."""
+    import cbor2
+
+    payload = cbor2.loads(cbor2.loads((aws_vectors / "evervault-beta-valid-attestation-doc.cbor").read_bytes())[2])
+    theirs = [x509.load_der_x509_certificate(d) for d in (*payload["cabundle"], payload["certificate"])]
+    ours = _certs(test_ca.issue_leaf(ENCLAVE))
+    for level, (mine, aws) in enumerate(zip(ours, theirs)):
+        assert [a.oid for a in mine.subject] == [a.oid for a in aws.subject], level
+        mine_ext = {type(e.value): e.critical for e in mine.extensions}
+        aws_ext = {type(e.value): e.critical for e in aws.extensions}
+        if level == 3:  # 2022 instance certificates lacked SKI/AKI; 2024+ ones have them
+            assert mine_ext.items() >= aws_ext.items()
+        else:
+            assert mine_ext == aws_ext, level
+        assert mine.extensions.get_extension_for_class(x509.BasicConstraints).value == (
+            aws.extensions.get_extension_for_class(x509.BasicConstraints).value
+        )
+        assert mine.extensions.get_extension_for_class(x509.KeyUsage).value == (
+            aws.extensions.get_extension_for_class(x509.KeyUsage).value
+        )
+        if level in (1, 3, 4):  # regional 481 h, instance 24 h, leaf 3 h + 3 s: exactly AWS's
+            assert mine.not_valid_after_utc - mine.not_valid_before_utc == aws.not_valid_after_utc - aws.not_valid_before_utc
+    leaf_serial = theirs[4].serial_number.to_bytes(16, "big")
+    assert leaf_serial[8:12] == bytes(4)  # the layout our serials copy

@@ -185,7 +185,6 @@ class _Template:
         )
 
 
-
 @functools.lru_cache(maxsize=64)
 def _template(credentials: LeafCredentials, module_id: str) -> _Template:
     return _Template(credentials, module_id)
@@ -223,8 +222,7 @@ def sign_document(
     """
     if not isinstance(module_id, str) or not module_id:
         raise DocumentFieldError("module_id must be a non-empty string")
-    if not isinstance(timestamp_ms, int) or not 0 < timestamp_ms < 1 << 64:
-        raise DocumentFieldError(f"timestamp_ms must be a positive uint64, got {timestamp_ms!r}")
+    _check_timestamp(timestamp_ms)
     template = _template(credentials, module_id)
     payload = template.payload(
         timestamp_ms,
@@ -235,6 +233,12 @@ def sign_document(
         definite_map,
     )
     return _sign_payload(template.private_key, payload)
+
+
+def _check_timestamp(value: int) -> int:
+    if type(value) is not int or not 0 < value < 1 << 64:
+        raise DocumentFieldError(f"timestamp_ms must be a positive uint64, got {value!r}")
+    return value
 
 
 def timestamp_ms(moment: datetime) -> int:
@@ -302,7 +306,7 @@ class DocumentSigner:
         moment = self._now()
         _credentials, template = self._current(moment)
         payload = template.payload(
-            timestamp_ms(moment),
+            _check_timestamp(timestamp_ms(moment)),
             encode_pcrs(pcrs),
             _optional("public_key", public_key),
             _optional("user_data", user_data),

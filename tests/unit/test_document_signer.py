@@ -247,3 +247,10 @@ def test_pcr_memo_never_hides_a_bad_or_changed_value(signer: DocumentSigner) -> 
     signer.sign({0: mutable})
     mutable[0] = 7
     assert cbor2.loads(_payload(signer.sign({0: mutable})))["pcrs"][0][0] == 7
+
+
+def test_timestamp_must_be_a_positive_int(test_ca: TestCA) -> None:
+    credentials = test_ca.issue_leaf(MODULE_ID)
+    for bad in (True, -5, 1.5, 1 << 64):
+        with pytest.raises(DocumentFieldError, match="timestamp_ms must be a positive uint64"):
+            sign_document(credentials, MODULE_ID, PCRS, timestamp_ms=bad)  # type: ignore[arg-type]

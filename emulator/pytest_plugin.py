@@ -127,8 +127,12 @@ def nitro_enclave(
             f"(dockerfile_dir=...) on {request.node.nodeid}",
             pytrace=False,
         )
+    kwargs = dict(marker.kwargs)
+    if isinstance(kwargs.get("dockerfile_dir"), (str, os.PathLike)):
+        # Relative to the test module, so a test finds its enclave wherever pytest runs.
+        kwargs["dockerfile_dir"] = Path(request.node.path).parent / kwargs["dockerfile_dir"]
     try:
-        spec = EnclaveSpec.from_arguments(marker.args, marker.kwargs, where=where)
+        spec = EnclaveSpec.from_arguments(marker.args, kwargs, where=where)
         handle = nitro_enclave_factory.start(spec, name=request.node.name)
     except EnclaveTestError as error:
         pytest.fail(str(error), pytrace=False)

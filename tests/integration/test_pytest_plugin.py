@@ -1,0 +1,165 @@
+"""The pytest plugin, run the way users run it: inner pytest sessions via ``pytester``.
+
+Each inner session gets its own state dir (``--nitro-state-dir``, i.e. NITRO_EMU_HOME) and
+a shared EIF cache, so the echo enclave's EIF is built once for this module.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emulator.enclave_images import TEST_IMAGE_REPOSITORY, directory_digest
+
+pytest_plugins = ["pytester"]
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+ECHO_APP = """\
+import sys
+sys.path.insert(0, "/app")
+import vsock_enclave
+
+with vsock_enclave.listen(5000) as listener:
+    print("echo: listening on 5000", flush=True)
+    while True:
+        conn, peer = listener.accept()
+        with conn:
+            data = conn.recv(1024)
+            if data == b"die":
+                print("echo: told to die, exiting with status 3", flush=True)
+                sys.exit(3)
+            conn.sendall(data)
+"""
+
+USER_TESTS = """\
+import time
+import pytest
+
+@pytest.mark.nitro_enclave(dockerfile_dir="echo")
+def test_echo(nitro_enclave):
+    with nitro_enclave.connect(5000) as sock:
+        sock.sendall(b"ping")
+        assert sock.recv(4) == b"ping"
+    document = nitro_enclave.attest(nonce=b"n0", user_data=b"hello")
+    assert document.nonce == b"n0" and document.user_data == b"hello"
+    assert document.pcrs[0] == nitro_enclave.measurements[0]
+    assert "listening" in nitro_enclave.logs()
+
+@pytest.mark.nitro_enclave(dockerfile_dir="echo", cpu_count=0)
+def test_bad_marker(nitro_enclave):
+    pass
+
+@pytest.mark.nitro_enclave(dockerfile_dir="broken")
+def test_broken_dockerfile(nitro_enclave):
+    pass
+
+@pytest.mark.nitro_enclave(dockerfile_dir="echo")
+def test_enclave_dies(nitro_enclave):
+    with nitro_enclave.connect(5000) as sock:
+        sock.sendall(b"die")
+    deadline = time.monotonic() + 20
+    while nitro_enclave.is_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+"""
+
+XDIST_TESTS = """\
+import pytest
+
+@pytest.mark.nitro_enclave(dockerfile_dir="echo")
+@pytest.mark.parametrize("word", [b"one", b"two"])
+def test_parallel(nitro_enclave, word, tmp_path_factory):
+    with nitro_enclave.connect(5000) as sock:
+        sock.sendall(word)
+        assert sock.recv(8) == word
+    line = f"{nitro_enclave.cid} {nitro_enclave.name} {nitro_enclave.home}\\n"
+    with open({record!r}, "a") as record:
+        record.write(line)
+"""
+
+
+@pytest.fixture(scope="module")
+def eif_cache(tmp_path_factory: pytest.TempPathFactory, docker_client, base_image) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+    """A module-wide EIF cache; removes the test image it led to at the end."""
+    cache = tmp_path_factory.mktemp("eif")
+    yield cache
+    echo = _write_echo(tmp_path_factory.mktemp("echo-digest"))
+    import docker.errors
+
+    tag = f"{TEST_IMAGE_REPOSITORY}/{directory_digest(echo)[:24]}:latest"
+    try:
+        docker_client.images.remove(tag, force=True)
+    except docker.errors.ImageNotFound:
+        pass
+
+
+def _write_echo(directory: Path) -> Path:
+    echo = directory / "echo"
+    echo.mkdir(exist_ok=True)
+    (echo / "Dockerfile").write_text(
+        "FROM nitro-emu/base:bookworm\nCOPY vsock_enclave.py echo.py /app/\n"
+        'CMD ["/usr/bin/python3", "-u", "/app/echo.py"]\n'
+    )
+    (echo / "echo.py").write_text(ECHO_APP)
+    shutil.copy2(ROOT / "emulator" / "vsock_enclave.py", echo / "vsock_enclave.py")
+    return echo
+
+
+def _leftovers(docker_client, home: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    """Containers of this state dir, and enclave records still in it."""
+    containers = docker_client.containers.list(all=True, filters={"label": f"org.nitro-emu.home={home}"})
+    records = list((home / "enclaves").glob("*/enclave.json")) if (home / "enclaves").is_dir() else []
+    return [c.name for c in containers] + [str(r) for r in records]
+
+
+def test_user_tests_pass_and_failures_name_their_cause(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, eif_cache: Path, docker_client
+) -> None:  # type: ignore[no-untyped-def]
+    _write_echo(pytester.path)
+    broken = pytester.path / "broken"
+    broken.mkdir()
+    (broken / "Dockerfile").write_text("FROM nitro-emu/base:bookworm\nRUN echo compiling && exit 7\n")
+    pytester.makepyfile(test_user=USER_TESTS)
+    home = tmp_path_factory.mktemp("h")
+
+    result = pytester.runpytest_subprocess(
+        f"--nitro-state-dir={home}", f"--nitro-cache-dir={eif_cache}", "-p", "no:cacheprovider", timeout=400
+    )
+
+    result.assert_outcomes(passed=1, failed=1, errors=2)
+    output = result.stdout.str()
+    # A bad marker value: named, with what is allowed.
+    assert "cpu_count=0 must be an integer >= 1" in output
+    # A Dockerfile that does not build: the cause and the build's last lines.
+    assert "failed to build" in output and "compiling" in output
+    # An enclave that died during the test: failed, with its last output.
+    assert "is no longer running (it died during the test)" in output
+    assert "echo: told to die, exiting with status 3" in output
+    assert _leftovers(docker_client, home) == []
+
+
+def test_xdist_workers_get_their_own_cids_names_and_state(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, eif_cache: Path, docker_client
+) -> None:  # type: ignore[no-untyped-def]
+    _write_echo(pytester.path)
+    record = tmp_path_factory.mktemp("rec") / "enclaves.txt"
+    pytester.makepyfile(test_parallel=XDIST_TESTS.replace("{record!r}", repr(str(record))))
+    home = tmp_path_factory.mktemp("x")
+
+    result = pytester.runpytest_subprocess(
+        "-n", "2", f"--nitro-state-dir={home}", f"--nitro-cache-dir={eif_cache}", "-p", "no:cacheprovider",
+        timeout=400,
+    )
+
+    result.assert_outcomes(passed=2)
+    rows = [line.split() for line in record.read_text().splitlines()]
+    assert len(rows) == 2
+    cids, names, homes = zip(*rows)
+    assert len(set(cids)) == 2 and len(set(names)) == 2
+    assert all(Path(h).parent == home and Path(h).name.startswith("gw") for h in homes)
+    for worker_home in {Path(h) for h in homes}:
+        assert _leftovers(docker_client, worker_home) == []

@@ -134,33 +134,103 @@ def _wait_gone(info: EnclaveInfo, timeout: float) -> bool:
     return True
 
 
-def _spawn_supervisor(settings: Settings, info: EnclaveInfo) -> tuple[_Lines, int, int]:
-    """Start the detached supervisor; returns its pipe, pid and start ticks (E05 on failure)."""
-    read_fd, write_fd = os.pipe()
+def _spawn_supervisor(settings: Settings, info: EnclaveInfo) -> tuple[_Lines, int, int, int]:
+    """Start the detached supervisor (E05 on failure).
+
+    A fork of this process by default; ``NITRO_EMU_SUPERVISOR_EXEC=1`` runs
+    ``python -m emulator.supervisor`` instead (slower: a fresh interpreter). Returns its
+    status pipe, the write end of its control pipe, its pid and start ticks.
+    """
     log = settings.enclave_dir(info.enclave_id) / SUPERVISOR_LOG
+    try:
+        if os.environ.get("NITRO_EMU_SUPERVISOR_EXEC") == "1":
+            read_fd, control_write = _exec_supervisor(settings, info, log)
+        else:
+            from emulator.supervisor import spawn_forked
+
+            read_fd, control_write = spawn_forked(settings, info, log)
+    except OSError as error:
+        raise nitro_cli_error("ProcessSpawnFailure", detail=f"({error}).") from error
+    lines = _Lines(read_fd)
+    line = lines.readline(_SPAWN_TIMEOUT_S)
+    parts = (line or "").split()
+    if len(parts) == 3 and parts[0] == "PID" and parts[1].isdigit() and parts[2].isdigit():
+        return lines, control_write, int(parts[1]), int(parts[2])
+    lines.close()
+    os.close(control_write)
+    why = line if line and line.startswith("ERROR") else _tail(log) or "no answer"
+    raise nitro_cli_error("ProcessSpawnFailure", detail=f"The enclave supervisor did not start: {why}")
+
+
+def _exec_supervisor(settings: Settings, info: EnclaveInfo, log: Path) -> tuple[int, int]:
+    read_fd, write_fd = os.pipe()
+    control_read, control_write = os.pipe()
     env = dict(os.environ, NITRO_EMU_HOME=str(settings.home))
     try:
         with open(log, "ab") as log_file:
             launcher = subprocess.Popen(
-                [sys.executable, "-m", "emulator.supervisor",
-                 "--enclave-id", info.enclave_id, "--ready-fd", str(write_fd)],
+                [sys.executable, "-m", "emulator.supervisor", "--enclave-id", info.enclave_id,
+                 "--ready-fd", str(write_fd), "--control-fd", str(control_read)],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                pass_fds=(write_fd,), env=env, start_new_session=True,
+                pass_fds=(write_fd, control_read), env=env, start_new_session=True,
             )
-    except OSError as error:
+    except OSError:
         os.close(read_fd)
-        raise nitro_cli_error("ProcessSpawnFailure", detail=f"({error}); check that {sys.executable} runs.") from error
+        os.close(control_write)
+        raise
     finally:
         os.close(write_fd)
-    lines = _Lines(read_fd)
-    line = lines.readline(_SPAWN_TIMEOUT_S)
+        os.close(control_read)
     launcher.wait()
-    parts = (line or "").split()
-    if len(parts) == 3 and parts[0] == "PID" and parts[1].isdigit() and parts[2].isdigit():
-        return lines, int(parts[1]), int(parts[2])
-    lines.close()
-    why = line if line and line.startswith("ERROR") else _tail(log) or "no answer"
-    raise nitro_cli_error("ProcessSpawnFailure", detail=f"The enclave supervisor did not start: {why}")
+    return read_fd, control_write
+
+
+def _create_container(settings: Settings, info: EnclaveInfo, client: docker.DockerClient) -> Any:
+    """Create (not start) the enclave's container, labelled with its supervisor (E36)."""
+    import docker.errors
+
+    from emulator.enclave_container import ContainerContext, collect_extras, container_settings
+    from emulator.supervisor import make_runtime_dirs
+
+    run_dir = make_runtime_dirs(settings, info.cid)
+    extras = collect_extras(ContainerContext(settings, info, run_dir))
+    kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir, extras=extras)
+    kwargs.pop("detach", None)
+    try:
+        return client.containers.create(**kwargs)
+    except docker.errors.ImageNotFound as error:
+        raise nitro_cli_error(
+            "EnclaveBootFailure",
+            detail=f"The enclave image {info.image_tag} is gone from the engine; run the enclave again.",
+        ) from error
+    except docker.errors.APIError as error:
+        raise nitro_cli_error(
+            "EnclaveBootFailure", detail=f"Docker could not create the enclave: {error.explanation or error}"
+        ) from error
+
+
+def _boot(
+    settings: Settings, info: EnclaveInfo, client: docker.DockerClient, lines: _Lines, control: int,
+    boot_timeout: float,
+) -> str | None:
+    """Create the container while the supervisor starts the NSM, then start it.
+
+    Returns the supervisor's last line (``READY``, ``ERROR ...``) or None if it went silent.
+    """
+    import docker.errors
+
+    container = _create_container(settings, info, client)
+    line = lines.readline(boot_timeout)
+    if line != "NSM":
+        return line
+    try:
+        container.start()
+    except docker.errors.APIError as error:
+        raise nitro_cli_error(
+            "EnclaveBootFailure", detail=f"Docker could not start the enclave: {error.explanation or error}"
+        ) from error
+    os.write(control, f"STARTED {container.id}\n".encode())
+    return lines.readline(boot_timeout)
 
 
 def run_enclave(
@@ -211,7 +281,7 @@ def run_enclave(
         )
         write_record(settings, info)
         try:
-            lines, pid, ticks = _spawn_supervisor(settings, info)
+            lines, control, pid, ticks = _spawn_supervisor(settings, info)
         except BaseException:
             cleanup_enclave(settings, enclave_id, enclave=info, client=client, reason="its supervisor did not start")
             raise
@@ -219,18 +289,28 @@ def run_enclave(
         write_record(settings, info)
     if on_started is not None:
         on_started(info)
+    failure: BaseException | None = None
+    line: str | None = None
     try:
-        line = lines.readline(boot_timeout)
+        line = _boot(settings, info, client, lines, control, boot_timeout)
+    except BaseException as error:  # noqa: BLE001 - cleaned up below, then re-raised
+        failure = error
     finally:
+        os.close(control)  # the supervisor aborts if it has not been told STARTED
+    if failure is None and line == "READY":
         lines.close()
-    if line == "READY":
         return read_record(settings, enclave_id) or info
-    # Boot failed: the supervisor removed what it made; make sure it and its watchdog are gone.
-    if line is None and supervisor_alive(info):
+    # Boot failed: the supervisor removes what it and we made; make sure it is gone.
+    if failure is not None:
+        lines.readline(10.0)  # the supervisor's own ERROR line, once it has cleaned up
+    lines.close()
+    if not _wait_gone(info, 10.0):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _wait_gone(info, 10.0)
+        _wait_gone(info, 5.0)
     cleanup_enclave(settings, enclave_id, enclave=info, client=client, reason="it failed to boot")
+    if failure is not None:
+        raise failure
     if line and line.startswith("ERROR "):
         _, code, message = line.split(" ", 2)
         raise nitro_cli_error(int(code), detail=message)

@@ -1,20 +1,24 @@
-"""The per-enclave supervisor: ``python -m emulator.supervisor --enclave-id ID --ready-fd N``.
+"""The per-enclave supervisor: ``python -m emulator.supervisor --enclave-id ID ...``.
 
 nitro-cli runs one detached "enclave process" per enclave (``src/enclave_proc``); this is
-ours. ``run-enclave`` writes the enclave's record, starts this module and reads lines from
-the pipe ``--ready-fd``:
+ours. ``run-enclave`` writes the enclave's record, starts this module, and the two talk over
+two pipes. On ``--ready-fd`` the supervisor writes lines:
 
-1. ``PID <pid> <start-ticks>``: the supervisor has detached (double fork, new session);
-   its pid is the enclave's ProcessID.
-2. ``READY`` once the container runs and the enclave's NSM answers, or
-   ``ERROR <code> <message>`` after everything it made is removed again.
+1. ``PID <pid> <start-ticks>``: it has detached (double fork, new session); its pid is the
+   enclave's ProcessID.
+2. ``NSM``: the enclave's fake NSM serves at ``run/<cid>/nsm.sock``.
+3. ``READY`` once the container runs and the NSM answers, or ``ERROR <code> <message>``.
 
-The supervisor serves the enclave's fake NSM at ``run/<cid>/nsm.sock``, owns the
-container, and waits. When the container exits (or on SIGTERM, which is what
-``terminate-enclave`` sends) it writes ``logs/<id>.log`` (why, and the last output) and
-removes the container, the runtime dir and the record. A forked watchdog holds a pipe to
-the supervisor: if the supervisor is SIGKILLed, the pipe hits EOF and the watchdog removes
-the container and the dirs within a second or two.
+Meanwhile run-enclave creates the container (it has the Docker client at hand, so this
+overlaps the supervisor's start-up) and, after ``NSM``, starts it and writes
+``STARTED <container-id>`` on ``--control-fd``. If that pipe closes first, run-enclave gave
+up: the supervisor removes everything and exits.
+
+From then on the supervisor owns the container and waits. When the container exits (or on
+SIGTERM, which is what ``terminate-enclave`` sends) it writes ``logs/<id>.log`` (why, and the
+last output) and removes the container, the runtime dir and the record. A forked watchdog
+holds a pipe to the supervisor: if the supervisor is SIGKILLed, the pipe hits EOF and the
+watchdog removes the container and the dirs within a second or two.
 """
 
 from __future__ import annotations
@@ -69,6 +73,31 @@ def _mkdir_shared(path: Path) -> None:
     os.chmod(path, 0o777)
 
 
+def make_runtime_dirs(settings: Settings, cid: int) -> Path:
+    """``run/<cid>`` with ``vsock/`` and the ``parent/`` mount point, all 0777."""
+    run_dir = settings.run_dir(cid)
+    for path in (settings.run_root, settings.parent_dir, run_dir, run_dir / "vsock", run_dir / "parent"):
+        _mkdir_shared(path)
+    return run_dir
+
+
+def _read_control(fd: int, timeout: float) -> str | None:
+    """One line from run-enclave's control pipe, or None on EOF / timeout."""
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 256)
+        if not chunk:
+            return None
+        data += chunk
+    return data.split(b"\n", 1)[0].decode()
+
+
 def _watchdog(fd: int, settings: Settings, enclave: EnclaveInfo, supervisor_pid: int) -> None:
     """Wait for the supervisor's pipe to close; clean up unless it said it was done."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -108,15 +137,17 @@ class Supervisor:
 
     # --- start -------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Make the runtime dir, serve the NSM, create and start the container."""
-        _mkdir_shared(self.settings.run_root)
-        _mkdir_shared(self.settings.parent_dir)
-        _mkdir_shared(self.run_dir)
-        _mkdir_shared(self.run_dir / "vsock")
-        _mkdir_shared(self.run_dir / "parent")  # mount point of run/parent (read-only)
+    def start_nsm(self) -> None:
+        """Make the runtime dir and serve the enclave's NSM."""
+        make_runtime_dirs(self.settings, self.enclave.cid)
         self._start_nsm()
-        self._start_container()
+
+    def adopt_container(self, container_id: str) -> None:
+        """Take over the container run-enclave started; check that the NSM answers."""
+        from emulator.docker_client import docker_client
+
+        self._client = docker_client()
+        self._container = self._client.containers.get(container_id)
         self._check_nsm()
 
     def _start_nsm(self) -> None:
@@ -140,27 +171,6 @@ class Supervisor:
             instance_id=self.enclave.instance_id,
         )
         self._server = NsmServer(self.run_dir / "nsm.sock", device).start()
-
-    def _start_container(self) -> None:
-        import docker.errors
-
-        from emulator.docker_client import docker_client
-        from emulator.enclave_container import ContainerContext, collect_extras, container_settings
-
-        self._client = docker_client()
-        extras = collect_extras(ContainerContext(self.settings, self.enclave, self.run_dir))
-        kwargs = container_settings(
-            self.settings, self.enclave, supervisor_pid=self.pid, run_dir=self.run_dir, extras=extras
-        )
-        try:
-            self._container = self._client.containers.create(**kwargs)
-            self._container.start()
-        except docker.errors.ImageNotFound as error:
-            raise BootFailure(36, f"the enclave image {self.enclave.image_tag} is gone from the engine "
-                                  f"({error.explanation}); run the enclave again") from error
-        except docker.errors.APIError as error:
-            raise BootFailure(36, f"Docker could not start the enclave's container: "
-                                  f"{error.explanation or error}") from error
 
     def _check_nsm(self) -> None:
         from fake_nsm.client import NsmClient, SocketTransport
@@ -248,6 +258,20 @@ class Supervisor:
             return f"killed (SIGKILL, exit status {code})", output
         return f"its program exited with status {code}", output
 
+    def abort(self, reason: str) -> None:
+        """Start-up failed: remove everything, including a container run-enclave made."""
+        if self._server is not None:
+            self._server.stop()
+        cleanup_enclave(self.settings, self.enclave.enclave_id, enclave=self.enclave,
+                        reason=reason, client=self._client)
+        self._done()
+
+    def _done(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        os.write(self.watchdog_fd, _WATCHDOG_DONE)
+        os.close(self.watchdog_fd)
+
     def finish(self, reason: str | None = None) -> None:
         """Record why the enclave ended and remove everything it had."""
         output = ""
@@ -259,16 +283,15 @@ class Supervisor:
         if self._client is not None:  # no client yet: no container was made
             remove_containers(self._client, self.settings, self.enclave.enclave_id)
         remove_dirs(self.settings, self.enclave.enclave_id, self.enclave.cid)
-        if self._client is not None:
-            self._client.close()
-        os.write(self.watchdog_fd, _WATCHDOG_DONE)
-        os.close(self.watchdog_fd)
+        self._done()
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m emulator.supervisor")
     parser.add_argument("--enclave-id", required=True)
     parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--start-timeout", type=float, default=120.0)
     return parser.parse_args(argv)
 
 
@@ -283,21 +306,85 @@ def _detach() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m emulator.supervisor``: detach, then :func:`serve`."""
     args = _parse(argv)
-    ready_fd: int | None = args.ready_fd
     settings = Settings.from_env()
     enclave = read_record(settings, args.enclave_id)
     if enclave is None:
-        _write_line(ready_fd, f"ERROR 36 no record of enclave {args.enclave_id} in {settings.home}")
+        _write_line(args.ready_fd, f"ERROR 36 no record of enclave {args.enclave_id} in {settings.home}")
         return 1
     _detach()
+    return serve(settings, enclave, args.ready_fd, args.control_fd, args.start_timeout)
+
+
+def _preload() -> None:
+    """Import what the supervisor needs before forking, so the child starts at once."""
+    import ca  # noqa: F401
+    import fake_nsm.client  # noqa: F401
+    import fake_nsm.device  # noqa: F401
+    import fake_nsm.document_signer  # noqa: F401
+    import fake_nsm.server  # noqa: F401
+    import emulator.docker_client  # noqa: F401
+
+
+def spawn_forked(settings: Settings, enclave: EnclaveInfo, log: Path) -> tuple[int, int]:
+    """Start the supervisor as a detached fork of this process; returns (status, control) fds.
+
+    Faster than ``python -m emulator.supervisor`` (no interpreter start-up, the modules are
+    loaded already): the child double-forks and closes every inherited descriptor but its
+    pipes, so it holds none of the caller's sockets or files.
+    """
+    import gc
+
+    _preload()
+    ready_read, ready_write = os.pipe()
+    control_read, control_write = os.pipe()
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child, which never returns
+        code = 1
+        try:
+            gc.freeze()  # the caller's objects are never finalized here (their fds are closed)
+            os.setsid()
+            if os.fork() > 0:
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            keep = sorted({0, 1, 2, ready_write, control_read})
+            for low, high in zip([-1] + keep, keep + [os.sysconf("SC_OPEN_MAX")]):
+                if high > low + 1:  # closerange(n, n) would close everything from n
+                    os.closerange(low + 1, high)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM, signal.SIGPIPE):
+                signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            code = serve(settings, enclave, ready_write, control_read)
+        except BaseException:  # noqa: BLE001 - the child must never return into the caller
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(ready_write)
+    os.close(control_read)
+    os.close(log_fd)
+    os.waitpid(child, 0)
+    return ready_read, control_write
+
+
+def serve(settings: Settings, enclave: EnclaveInfo, ready_fd: int, control_fd: int,
+          start_timeout: float = 120.0) -> int:
+    """The detached supervisor's life: report, start the NSM, adopt the container, wait, clean up."""
     pid = os.getpid()
     _write_line(ready_fd, f"PID {pid} {process_start_ticks(pid)}")
     read_end, write_end = os.pipe()
     if os.fork() == 0:  # the watchdog
         os.close(write_end)
-        if ready_fd is not None:
-            os.close(ready_fd)
+        os.close(ready_fd)
+        os.close(control_fd)
         try:
             _watchdog(read_end, settings, enclave, pid)
         finally:
@@ -307,19 +394,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, supervisor.on_sigterm)
     signal.signal(signal.SIGINT, supervisor.on_sigterm)
     try:
-        supervisor.start()
+        supervisor.start_nsm()
+        _write_line(ready_fd, "NSM")
+        line = _read_control(control_fd, start_timeout)
+        if line is None or not line.startswith("STARTED "):
+            raise BootFailure(36, "run-enclave gave up before the container started")
+        supervisor.adopt_container(line.split(" ", 1)[1])
         supervisor.mark_running()
     except BaseException as error:  # noqa: BLE001 - report, clean up, exit
         code = error.code if isinstance(error, BootFailure) else 36
         message = error.message if isinstance(error, BootFailure) else f"{type(error).__name__}: {error}"
         print(f"enclave {enclave.enclave_id} failed to start: {message}", file=sys.stderr, flush=True)
-        supervisor.terminate_requested = True
-        supervisor.finish(reason=f"it failed to start: {message}")
+        supervisor.abort(f"it failed to start: {message}")
         _write_line(ready_fd, f"ERROR {code} {message}")
         return 1
+    finally:
+        os.close(control_fd)
     _write_line(ready_fd, "READY")
-    if ready_fd is not None:
-        os.close(ready_fd)
+    os.close(ready_fd)
     supervisor.wait()
     supervisor.finish()
     return 0

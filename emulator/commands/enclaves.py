@@ -139,9 +139,10 @@ def run_enclave_command(args: argparse.Namespace) -> int:
 
     options = _run_options(args)
     attach = options.pop("attach_console")
-    print("Start allocating memory...", file=sys.stderr, flush=True)
 
     def started(info: Any) -> None:
+        # nitro-cli prints both once its checks passed (resource_manager.rs init_memory/start).
+        print("Start allocating memory...", file=sys.stderr, flush=True)
         print(
             f"Started enclave with enclave-cid: {info.cid}, memory: {info.memory_mib} MiB, "
             f"cpu-ids: [{', '.join(map(str, info.cpu_ids))}]",

@@ -1,0 +1,147 @@
+"""Benchmark: run-enclave to the enclave's first NSM answer, against a bare ``docker run``.
+
+Both runs use the same image (an app on the local base image that, first thing, asks its
+NSM for DescribeNSM and prints the wall-clock time of the answer; without an NSM socket it
+prints the time at once). The container shares the host's clock, so the printed time minus
+the time just before the call is the latency, free of any log polling.
+
+- enclave: ``emulator.runtime.run_enclave`` (the API under ``nitro-emu run-enclave``, in
+  process: no CLI start-up) of the app's EIF, until the app's NSM answer;
+- baseline: ``docker.containers.run`` of the same image (network none), until its first
+  output.
+
+Prints the machine, the p50 (and min/max) of each over ``--runs`` alternating runs, the
+ratio, and the targets (<= 1.5x, <= 1 s p50). Usage::
+
+    .venv/bin/python bench/runtime.py --runs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+APP = r"""
+import os, sys, time
+if os.path.exists(os.environ.get("NITRO_EMU_NSM_SOCKET", "/nonexistent")):
+    from fake_nsm.client import NsmClient
+    with NsmClient() as nsm:
+        nsm.describe_nsm()
+    print("ANSWER %.6f" % time.time(), flush=True)
+else:
+    import fake_nsm.client
+    print("ANSWER %.6f" % time.time(), flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return (f"{model}; {os.cpu_count()} cores; Python {platform.python_version()}; "
+            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def build_image(client: docker.DockerClient, base: str) -> str:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            archive.addfile(info, io.BytesIO(data))
+        for source in sorted((ROOT / "fake_nsm").glob("*.py")):
+            add(f"fake_nsm/{source.name}", source.read_bytes())
+        add("app.py", APP.encode())
+        add("Dockerfile", (
+            f"FROM {base}\nCOPY fake_nsm /opt/nitro-emu/fake_nsm\nENV PYTHONPATH=/opt/nitro-emu\n"
+            'COPY app.py /app/app.py\nCMD ["python3", "-u", "/app/app.py"]\n').encode())
+    tag = "nitro-emu-bench/runtime:latest"
+    client.images.build(fileobj=io.BytesIO(buffer.getvalue()), custom_context=True, tag=tag, rm=True, forcerm=True)
+    return tag
+
+
+def answer_time(read_logs, timeout: float = 60.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in read_logs().decode(errors="replace").splitlines():
+            if line.startswith("ANSWER "):
+                return float(line.split()[1])
+        time.sleep(0.05)
+    raise RuntimeError("no ANSWER line")
+
+
+def run_baseline(client: docker.DockerClient, tag: str) -> float:
+    start = time.time()
+    container = client.containers.run(tag, detach=True, network_mode="none", labels={"org.nitro-emu.bench": "1"})
+    try:
+        return answer_time(container.logs) - start
+    finally:
+        container.remove(force=True)
+
+
+def run_enclave_once(client: docker.DockerClient, eif: Path, memory: int) -> float:
+    from emulator.runtime import run_enclave, terminate_enclave
+
+    start = time.time()
+    info = run_enclave(eif, memory_mib=memory, cpu_count=2, client=client)
+    try:
+        container = client.containers.get(info.container_id)
+        return answer_time(container.logs) - start
+    finally:
+        terminate_enclave(info.enclave_id)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10)
+    options = parser.parse_args()
+    from emulator.base_image import ensure_base_image
+    from emulator.eif import build_eif
+
+    client = docker.from_env()
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="nitro-emu-bench-") as scratch:
+        os.environ["NITRO_EMU_HOME"] = os.path.join(scratch, "h")
+        tag = build_image(client, ensure_base_image(client))
+        eif = Path(scratch) / "bench.eif"
+        build_eif(client, tag, eif)
+        memory = -(-eif.stat().st_size // (1 << 20)) * 4
+        run_enclave_once(client, eif, memory)  # warm-up: image import, CA creation, EIF cache
+        run_baseline(client, tag)
+        enclave, baseline = [], []
+        for _ in range(options.runs):
+            baseline.append(run_baseline(client, tag))
+            enclave.append(run_enclave_once(client, eif, memory))
+    p50_enclave, p50_baseline = statistics.median(enclave), statistics.median(baseline)
+    print(f"runs: {options.runs} each, alternating; EIF {eif.stat().st_size if eif.exists() else 0} bytes")
+    print(f"run-enclave -> first NSM answer: p50 {p50_enclave:.3f} s (min {min(enclave):.3f}, max {max(enclave):.3f})")
+    print(f"bare docker run -> first output: p50 {p50_baseline:.3f} s (min {min(baseline):.3f}, max {max(baseline):.3f})")
+    ratio = p50_enclave / p50_baseline
+    print(f"ratio: {ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'}; "
+          f"p50 target <= 1 s: {'met' if p50_enclave <= 1.0 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

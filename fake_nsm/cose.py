@@ -44,8 +44,13 @@ def decode_cbor(data: bytes, what: str) -> Any:
     """
     stream = io.BytesIO(data)
     try:
+        # One read of the whole buffer (a small read_size costs a Python call per item);
+        # cbor2 rewinds the stream to the end of the item, so tell() still finds trailers.
         value = cbor2.CBORDecoder(
-            stream, max_depth=_MAX_DEPTH, allow_duplicate_keys=False
+            stream,
+            read_size=max(len(data), 1),
+            max_depth=_MAX_DEPTH,
+            allow_duplicate_keys=False,
         ).decode()
     # cbor2's semantic decoders raise CBORDecodeError but also ValueError, TypeError,
     # OverflowError...; any failure to parse means the bytes are malformed.
@@ -159,7 +164,12 @@ def decode_cose_sign1(data: bytes) -> CoseSign1:
     return CoseSign1(protected, unprotected, payload, signature)
 
 
+_ES384_ONLY = b"\xa1\x01\x38\x22"  # {1: -35}, the protected header of every Nitro document
+
+
 def _check_protected_header(protected: bytes, unprotected: Mapping[Any, Any]) -> None:
+    if protected == _ES384_ONLY and not unprotected:
+        return
     headers = decode_cbor(protected, "the COSE protected header") if protected else {}
     if not isinstance(headers, Mapping):
         raise MalformedDocumentError(

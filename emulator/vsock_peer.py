@@ -5,6 +5,7 @@ on stdout once it listens, then serves until killed::
 
     python3 -m emulator.vsock_peer echo 5000      # echo every byte back, keep half-close
     python3 -m emulator.vsock_peer digest 5001    # read to EOF, reply "<sha256> <count>"
+    python3 -m emulator.vsock_peer discard 5004   # read to EOF, reply "<count>"
     python3 -m emulator.vsock_peer source 5002    # read an 8-byte count, send that many bytes
     python3 -m emulator.vsock_peer whoami 5003    # reply "<peer cid> <peer port> <cid> <port>"
     python3 -m emulator.vsock_peer http 8080      # HTTP/1.1 server answering GET with a body
@@ -62,6 +63,17 @@ def _digest(conn: socket.socket) -> None:
         digest.update(view[:n])
         count += n
     conn.sendall(f"{digest.hexdigest()} {count}\n".encode())
+
+
+def _discard(conn: socket.socket) -> None:
+    buf = bytearray(CHUNK)
+    count = 0
+    while True:
+        n = conn.recv_into(buf)
+        if not n:
+            break
+        count += n
+    conn.sendall(f"{count}\n".encode())
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes:
@@ -172,6 +184,7 @@ def echo_parent(port: int, connections: int) -> None:
 HANDLERS: Dict[str, Callable[..., None]] = {
     "echo": _echo,
     "digest": _digest,
+    "discard": _discard,
     "source": _source,
     "whoami": _whoami,
 }

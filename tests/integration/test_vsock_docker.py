@@ -7,12 +7,9 @@ whoami (5003) and HTTP (8080), and echoes one connection it makes to the parent'
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import socket
 import struct
-import tarfile
 import threading
 import time
 import urllib.request
@@ -27,37 +24,14 @@ from emulator.vsock_forward import Endpoint
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
-EMULATOR = Path(__file__).resolve().parents[2] / "emulator"
-IMAGE_REPO = "nitro-emu-test/vsock-peer"
 PROGRAM = ["echo:5000", "source:5002", "whoami:5003", "http:8080", "echo-parent:7000:1"]
-
-
-def _build_peer_image(docker_client, base_image: str) -> str:  # type: ignore[no-untyped-def]
-    dockerfile = (
-        f"FROM {base_image}\nCOPY vsock_enclave.py vsock_peer.py /app/\n"
-        f"CMD {json.dumps(['python3', '/app/vsock_peer.py', *PROGRAM])}\n"
-    ).encode()
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name in ("vsock_enclave.py", "vsock_peer.py"):
-            tar.add(EMULATOR / name, arcname=name)
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    context.seek(0)
-    tag = f"{IMAGE_REPO}:latest"
-    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
-    return tag
 
 
 @pytest.fixture(scope="module")
 def peer_eif(docker_client, base_image, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    from emulator.eif import build_eif
+    from emulator.vsock_peer_image import peer_eif
 
-    tag = _build_peer_image(docker_client, base_image)
-    output = tmp_path_factory.mktemp("eif") / "vsock-peer.eif"
-    build_eif(docker_client, tag, output)
-    return output
+    return peer_eif(docker_client, PROGRAM, tmp_path_factory.mktemp("eif") / "vsock-peer.eif")
 
 
 @pytest.fixture(scope="module")

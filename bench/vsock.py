@@ -1,0 +1,285 @@
+"""Benchmark of the VSOCK mirror: throughput (1 and 8 streams), round-trip latency, forwarder.
+
+    .venv/bin/python bench/vsock.py [--runs 5] [--mib 512] [--mode auto|container|process]
+
+Host <-> enclave is measured against a real enclave (run_enclave; ``--mode container``) or,
+without Docker, a second process over the same run-dir layout (``--mode process``). The
+baseline is a plain Unix stream socket between two processes running the same server code,
+measured in the same run. Prints the machine, the median of ``--runs`` runs, and the ratios.
+Targets (issue 5): >= 0.5x plain and >= 1 GB/s with one stream; p50 RTT <= 3x plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from emulator import vsock  # noqa: E402
+
+PROGRAM = ["discard:5004", "echo:5000"]
+Connect = Callable[[], socket.socket]
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def _spawn(code: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("ready"):
+        raise RuntimeError(f"server did not start: {line!r}")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
+PLAIN_SERVER = """
+import socket, sys, threading, signal
+from emulator import vsock_peer
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+for kind, path in (("discard", sys.argv[1]), ("echo", sys.argv[2])):
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(64)
+    threading.Thread(target=vsock_peer._accept_loop, args=(kind, listener), daemon=True).start()
+print("ready", flush=True)
+signal.pause()
+"""
+
+
+@contextlib.contextmanager
+def plain_server(workdir: Path, cpus: set[int] | None) -> Iterator[tuple[Connect, Connect]]:
+    """The baseline: the same server code on plain Unix sockets in another process.
+
+    ``cpus``: pin it to the CPUs the enclave got, so both servers get the same CPU time.
+    """
+    discard, echo = str(workdir / "plain-discard"), str(workdir / "plain-echo")
+    proc = _spawn(PLAIN_SERVER, {**os.environ, "PYTHONPATH": str(ROOT)}, discard, echo)
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
+
+    def dial(path: str) -> Connect:
+        def connect() -> socket.socket:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(path)
+            return sock
+
+        return connect
+
+    try:
+        yield dial(discard), dial(echo)
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def process_enclave(home: Path) -> Iterator[tuple[int, set[int] | None]]:
+    """A second process playing enclave CID 16 over the run-dir layout (no Docker)."""
+    run_dir = home / "run" / "16"
+    run_dir.mkdir(parents=True)  # home = $NITRO_EMU_HOME
+    (home / "run" / "parent").mkdir(exist_ok=True)
+    (run_dir / "parent").symlink_to("../parent")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NITRO_EMU_CID": "16", "NITRO_EMU_VSOCK_ROOT": str(run_dir)}
+    proc = _spawn("import sys; from emulator.vsock_peer import main; sys.exit(main(sys.argv[1:]))", env, *PROGRAM)
+    try:
+        yield 16, None
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None]]:
+    """A real enclave (Docker) running the same server code."""
+    import docker
+
+    from emulator.runtime import run_enclave, terminate_enclave
+    from emulator.vsock_peer_image import peer_eif
+
+    client = docker.from_env()
+    eif = peer_eif(client, PROGRAM, home.parent / "bench.eif")
+    info = run_enclave(eif, memory_mib=1024, cpu_count=1)
+    try:
+        path = Path(vsock.listener_path(info.cid, 5000))
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the enclave never listened on port 5000")
+            time.sleep(0.05)
+        yield info.cid, set(info.host_cpus)
+    finally:
+        terminate_enclave(info.enclave_id)
+        client.close()
+
+
+def throughput(connect: Connect, total: int, streams: int) -> float:
+    """Bytes per second pushing ``total`` bytes over ``streams`` connections to a discard server."""
+    block = memoryview(bytes(1 << 20))
+    share = total // streams
+    socks = [connect() for _ in range(streams)]
+    errors: list[BaseException] = []
+
+    def push(sock: socket.socket) -> None:
+        try:
+            left = share
+            while left:
+                step = min(left, len(block))
+                sock.sendall(block[:step])
+                left -= step
+            sock.shutdown(socket.SHUT_WR)
+            reply = sock.makefile("rb").readline()
+            if int(reply) != share:
+                raise RuntimeError(f"the server got {reply!r} bytes, expected {share}")
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=push, args=(sock,)) for sock in socks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    for sock in socks:
+        sock.close()
+    if errors:
+        raise errors[0]
+    return share * streams / elapsed
+
+
+def round_trips(connect: Connect, count: int) -> list[float]:
+    """Round-trip times (µs) of 1-byte pings to an echo server."""
+    with connect() as sock:
+        times = []
+        for _ in range(count):
+            start = time.perf_counter_ns()
+            sock.sendall(b"p")
+            if not sock.recv(1):
+                raise RuntimeError("echo server closed")
+            times.append((time.perf_counter_ns() - start) / 1000)
+    return times
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@contextlib.contextmanager
+def forwarder_to(cid: int, port: int) -> Iterator[Connect]:
+    """``nitro-emu vsock-forward`` in its own process; yields a TCP connector to it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulator.cli", "vsock-forward", "--to-enclave", f"{cid}:{port}",
+         "--listen", "127.0.0.1:0"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    tcp_port = int(line.split("tcp 127.0.0.1:")[1].split()[0])
+    try:
+        yield lambda: socket.create_connection(("127.0.0.1", tcp_port))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        proc.stderr.close()
+
+
+def median_of(runs: int, measure: Callable[[], float]) -> float:
+    measure()  # warm-up
+    return statistics.median(measure() for _ in range(runs))
+
+
+def paired_medians(runs: int, first: Callable[[], float], second: Callable[[], float]) -> tuple[float, float]:
+    """Medians of two measures taken alternately, so that load changes hit both alike."""
+    first(), second()  # warm-up
+    pairs = [(first(), second()) for _ in range(runs)]
+    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--mib", type=int, default=512, help="MiB per throughput run")
+    parser.add_argument("--pings", type=int, default=5000)
+    parser.add_argument("--mode", choices=("auto", "container", "process"), default="auto")
+    args = parser.parse_args()
+    mode = args.mode
+    if mode == "auto":
+        try:
+            import docker
+
+            docker.from_env().ping()
+            mode = "container"
+        except Exception:  # noqa: BLE001 - no engine: fall back to a process
+            mode = "process"
+    total = args.mib << 20
+    print(f"machine: {machine()}")
+    print(f"enclave: {mode}; {args.runs} runs, median; {args.mib} MiB per throughput run")
+    with tempfile.TemporaryDirectory(prefix="vb", dir="/tmp") as tmp:
+        home = Path(tmp)
+        os.environ["NITRO_EMU_HOME"] = str(home / "home")
+        enclave = container_enclave if mode == "container" else process_enclave
+        with enclave(home / "home") as (cid, cpus), plain_server(home, cpus) as (plain_discard, plain_echo):
+            if cpus:
+                print(f"enclave CPUs (host): {sorted(cpus)}; the plain server is pinned to them too")
+            vs_discard = lambda: vsock.connect(cid, 5004)  # noqa: E731
+            vs_echo = lambda: vsock.connect(cid, 5000)  # noqa: E731
+            rows = []
+            for streams in (1, 8):
+                plain, mirror = paired_medians(
+                    args.runs,
+                    lambda: throughput(plain_discard, total, streams),
+                    lambda: throughput(vs_discard, total, streams),
+                )
+                rows.append((f"throughput, {streams} stream(s)", plain / 1e9, mirror / 1e9, "GB/s"))
+            plain_rtt, mirror_rtt = [], []
+            for _ in range(args.runs):  # alternately, as above
+                plain_rtt.append(round_trips(plain_echo, args.pings))
+                mirror_rtt.append(round_trips(vs_echo, args.pings))
+            for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+                plain_value = statistics.median(percentile(r, fraction) for r in plain_rtt)
+                mirror_value = statistics.median(percentile(r, fraction) for r in mirror_rtt)
+                rows.append((f"round trip {label}", plain_value, mirror_value, "µs"))
+            with forwarder_to(cid, 5004) as tcp_discard:
+                forward = median_of(args.runs, lambda: throughput(tcp_discard, total, 1))
+        print(f"{'measure':28} {'plain unix':>12} {'vsock mirror':>14} {'ratio':>7}")
+        for label, plain_value, mirror_value, unit in rows:
+            print(f"{label:28} {plain_value:9.3f} {unit:4} {mirror_value:9.3f} {unit:4} {mirror_value / plain_value:6.2f}x")
+        plain_one = rows[0][1]
+        print(f"{'forwarder tcp->vsock, 1 str':28} {'':12} {forward / 1e9:9.3f} GB/s {forward / 1e9 / plain_one:6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""An enclave image running :mod:`emulator.vsock_peer` programs (for tests and benchmarks).
+
+The image is the base image plus ``vsock_enclave.py`` and ``vsock_peer.py`` flat in
+``/app``; its command serves the given ``KIND:PORT`` specs. Built with the Docker SDK and
+cached by Docker under ``nitro-emu-test/vsock-peer:<hash of the sources and program>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from emulator.base_image import ensure_base_image
+
+IMAGE_REPO = "nitro-emu-test/vsock-peer"
+_SOURCES = ("vsock_enclave.py", "vsock_peer.py")
+_HERE = Path(__file__).resolve().parent
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def peer_image(docker_client: Any, program: Sequence[str]) -> str:
+    """Build (or reuse) the image whose command is ``vsock_peer.py <program...>``; its tag."""
+    base = ensure_base_image(docker_client)
+    command = ["python3", "/app/vsock_peer.py", *program]
+    dockerfile = f"FROM {base}\nCOPY {' '.join(_SOURCES)} /app/\nCMD {json.dumps(command)}\n".encode()
+    digest = hashlib.sha256(dockerfile)
+    sources = {name: (_HERE / name).read_bytes() for name in _SOURCES}
+    for name, data in sources.items():
+        digest.update(name.encode() + b"\0" + data)
+    tag = f"{IMAGE_REPO}:{digest.hexdigest()[:16]}"
+    try:
+        docker_client.images.get(tag)
+        return tag
+    except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound: build it below
+        pass
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in sources.items():
+            _add_bytes(tar, name, data)
+        _add_bytes(tar, "Dockerfile", dockerfile)
+    context.seek(0)
+    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
+    return tag
+
+
+def peer_eif(docker_client: Any, program: Sequence[str], output: Path) -> Path:
+    """Build an EIF of :func:`peer_image` at ``output`` and return its path."""
+    from emulator.eif import build_eif
+
+    build_eif(docker_client, peer_image(docker_client, program), output)
+    return output

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -33,6 +34,7 @@ from fake_nsm.errors import (
 )
 
 ChainKey = tuple[bytes, ...]
+_E = TypeVar("_E", bound=x509.ExtensionType)
 
 _UNDERSTOOD_CRITICAL = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE})
 
@@ -221,7 +223,7 @@ def _check_extensions(cert: x509.Certificate, position: str, *, is_leaf: bool,
         raise CertificateChainError(f"{position} is a CA whose keyUsage lacks keyCertSign")
 
 
-def _extension(extensions: x509.Extensions, kind: type) -> object | None:
+def _extension(extensions: x509.Extensions, kind: type[_E]) -> _E | None:
     try:
         return extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:

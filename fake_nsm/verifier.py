@@ -123,7 +123,8 @@ def verify_attestation_document(
     if document.is_debug_mode and not allow_debug:
         raise DebugModeError(
             "debug-mode document (PCR0, PCR1 and PCR2 are all zero): a debug enclave's "
-            "attestation proves nothing about its code; pass allow_debug=True only in tests"
+            "attestation proves nothing about its code; allow it (allow_debug=True, "
+            "--allow-debug) only in tests"
         )
     _check_pcrs(document, pcr_policy)
     if nonce is not None:

@@ -132,3 +132,18 @@ def test_garbage_document_is_a_malformed_document(tmp_path: Path, capsys) -> Non
     status, _, err = run(capsys, str(garbage), "--aws-root")
     assert status == 1 and len(err) == 1
     assert err[0].startswith("verification failed: MalformedDocumentError")
+
+
+def test_attest_then_verify_with_the_exported_root(nitro_home: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # The README's loop: a document from `nitro-emu attest`, the root from `ca export-root`.
+    document = tmp_path / "doc.b64"
+    assert main(["attest", "-o", str(document), "--base64", "--nonce", "00ff"]) == 0
+    capsys.readouterr()  # attest's JSON summary
+    assert main(["ca", "export-root"]) == 0
+    root = tmp_path / "root.pem"
+    root.write_text(capsys.readouterr().out)
+    status, out, err = run(capsys, str(document), "--root", str(root), "--nonce", "00ff", "--max-age", "300")
+    assert (status, err) == (0, [])
+    assert json.loads(out)["nonce"] == "00ff"
+    status, _, err = run(capsys, str(document), "--aws-root")
+    assert status == 1 and err[0].startswith("verification failed: UntrustedRootError")

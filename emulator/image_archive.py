@@ -150,7 +150,9 @@ def write_canonical_archive(source: BinaryIO, config: dict[str, Any], out: IO[by
             data_from[group[0]] = members[target]
             for other in group[1:]:
                 link_to[other] = group[0]
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_COPY_BUFFER) as archive:
+        with tarfile.open(
+            fileobj=_Appender(out), mode="w", format=tarfile.PAX_FORMAT, copybufsize=_COPY_BUFFER
+        ) as archive:
             payload = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
             header = tarfile.TarInfo(CONFIG_MEMBER)
             header.size, header.mode, header.mtime = len(payload), 0o444, 0
@@ -174,6 +176,21 @@ def write_canonical_archive(source: BinaryIO, config: dict[str, Any], out: IO[by
                     archive.addfile(info, exported.extractfile(original))
                 else:
                     archive.addfile(info)
+
+
+class _Appender:
+    """Write-only view of ``out`` for tarfile's "w" mode (which only asks for ``tell``)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out, self._position = out, 0
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
 
 
 class _BytesReader:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
@@ -90,8 +91,8 @@ def relay(first: socket.socket, second: socket.socket) -> tuple[int, int]:
 class Forwarder:
     """Accepts on one side and, per connection, dials the other side and relays.
 
-    ``serve_forever()`` runs the accept loop; ``close()`` (from any thread or a signal
-    handler) stops it and ends every open connection.
+    ``serve_forever()`` runs the accept loop; ``stop()`` (any thread, or a signal handler)
+    makes it return; ``close()`` also ends every open connection and frees the address.
     """
 
     def __init__(
@@ -101,17 +102,16 @@ class Forwarder:
         description: str,
         *,
         log: TextIO | None = None,
-        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.listener = listener
         self.dial = dial
         self.description = description
         self.log = log
-        self._on_close = on_close
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._closing = threading.Event()
+        self._closed = False
         self.connections = 0
 
     def _say(self, message: str) -> None:
@@ -165,24 +165,28 @@ class Forwarder:
             if other is not None:
                 other.close()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, end open connections and release the listening address."""
-        if self._closing.is_set():
-            return
+    def stop(self) -> None:
+        """Make :meth:`serve_forever` return soon. Takes no lock: safe in a signal handler."""
         self._closing.set()
         sock = self.listener.socket if isinstance(self.listener, vsock.VsockListener) else self.listener
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, end open connections and release the listening address."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
         with self._lock:
             for conn in self._open:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
             threads = list(self._threads)
+        deadline = time.monotonic() + timeout
         for thread in threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.listener.close()
-        if self._on_close is not None:
-            self._on_close()
 
     def __enter__(self) -> Forwarder:
         return self

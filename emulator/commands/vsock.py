@@ -71,7 +71,7 @@ def _serve_until_signal(forwarder: Forwarder) -> int:
     """Serve in this (main) thread; SIGINT/SIGTERM close the forwarder cleanly."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        forwarder.close()  # the blocked accept() then fails and serve_forever returns
+        forwarder.stop()  # the blocked accept() fails, serve_forever returns, then close()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

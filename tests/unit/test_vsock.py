@@ -279,3 +279,15 @@ def test_enclave_side_needs_its_cid(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             with conn:
                 assert peer[0] == 16
                 assert vsock_enclave.peer_address(client) == (16, 5000)
+
+
+def test_transport_choice_real_nitro_vs_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NITRO_EMU_CID", raising=False)
+    monkeypatch.delenv("NITRO_EMU_VSOCK_ROOT", raising=False)
+    monkeypatch.setattr(vsock_enclave, "DEFAULT_ROOT", str(tmp_path / "absent"))
+    assert vsock_enclave.emulated() is False  # real Nitro: AF_VSOCK, same calls
+    monkeypatch.setattr(vsock_enclave, "DEFAULT_ROOT", str(tmp_path))
+    assert vsock_enclave.emulated() is True  # /run/nitro-emu exists: the Unix layout
+    monkeypatch.setattr(vsock_enclave, "DEFAULT_ROOT", str(tmp_path / "absent"))
+    monkeypatch.setenv("NITRO_EMU_CID", "16")
+    assert vsock_enclave.emulated() is True

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from vsock_helpers import ROOT, FakeEnclave, make_enclave, recv_all  # noqa: F401 - a fixture
 
-from emulator import vsock_forward
+from emulator import vsock, vsock_forward
 from emulator.vsock_forward import Endpoint, ForwardError
 
 LOCAL = Endpoint("127.0.0.1", 0)
@@ -148,6 +148,34 @@ def test_cli_forwarder_stops_cleanly_on_sigterm(
             assert client.recv(100) == b""  # the open connection was ended, not left hanging
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_cli_reverse_forwarder_stops_on_sigint_and_removes_its_socket(
+    nitro_home: Path, tcp_echo_server: tuple[str, int],
+) -> None:
+    host, port = tcp_echo_server
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulator.cli", "vsock-forward",
+         "--from-enclave-port", "8001", "--to", f"{host}:{port}"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        assert "vsock 3:8001 -> tcp" in proc.stderr.readline()
+        with vsock.connect(3, 8001, timeout=20) as client:  # the parent's own port (loopback)
+            client.sendall(b"via the parent port")
+            assert client.recv(100) == b"via the parent port"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
+            assert client.recv(100) == b""
+        assert not (nitro_home / "run" / "parent" / "8001").exists()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -3,11 +3,14 @@
 The library is compiled from source with the system C compiler the first time it is needed
 and cached under ``$NITRO_EMU_HOME/cache/shim/<source hash>-<variants>/`` (docs/shim.md):
 
-- ``libnitro-emu-shim.so``: built with ``cc`` (or ``$CC``), linked against the host libc.
-  It also loads in musl images: musl's loader takes the ``libc.so.6`` dependency for itself.
-- ``libnitro-emu-shim-musl.so``: built with Debian's ``musl-gcc`` when it is installed,
-  with no ``DT_NEEDED`` at all, so that it resolves everything from whichever libc the
-  program runs on (Alpine-style images).
+- ``libnitro-emu-shim.so``: built with ``cc`` (or ``$CC``) with ``-nostdlib``: no libc
+  dependency and no symbol versions, only ``DT_NEEDED libdl.so.2`` (where ``dlsym`` lives
+  before glibc 2.34; an empty stub after; musl's loader takes it for itself). So the one
+  file loads in any glibc image, old (Amazon Linux 2, glibc 2.26) or new, and in musl images;
+  a library linked normally against the host glibc would need the host's glibc symbol
+  versions (``dlsym@GLIBC_2.34``) and stop older images from starting at all.
+- ``libnitro-emu-shim-musl.so``: built with Debian's ``musl-gcc`` (musl's headers) when it
+  is installed, also without any ``DT_NEEDED`` (Alpine-style images).
 
 A build happens in a private temp dir and is renamed into place, so concurrent builders never
 see half a library; the loser of a race just uses the winner's directory.
@@ -44,11 +47,17 @@ ENCLAVE_LIB_DIR = "/run/nitro-emu/lib"
 ENCLAVE_PRELOAD = f"{ENCLAVE_LIB_DIR}/{LIBRARY_NAME}"
 ENV_DISABLE = "NITRO_EMU_SHIM"  # "0" turns the enclave mount and LD_PRELOAD off
 
-_COMMON_FLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-U_FORTIFY_SOURCE", "-fvisibility=hidden")
-#: glibc < 2.34 keeps dlsym in libdl; later ones ignore it (and --as-needed drops it).
-_LIBC_FLAGS = ("-ldl",)
-#: No libc dependency: the library binds to whatever libc the program already uses.
-_MUSL_FLAGS = ("-nostdlib",)
+#: -nostdlib: no libc dependency nor symbol versions; every reference binds to whatever libc
+#: the program already runs on. No stack protector, no fortify: no libc-specific helpers.
+_COMMON_FLAGS = (
+    "-shared", "-fPIC", "-O2", "-Wall", "-U_FORTIFY_SOURCE", "-fvisibility=hidden",
+    "-nostdlib", "-fno-stack-protector",
+)
+#: glibc < 2.34 keeps dlsym in libdl.so.2: depend on it by name (a stub in newer glibc).
+_LIBC_FLAGS = ("-Wl,--no-as-needed", "-l:libdl.so.2")
+#: For a host compiler without libdl.so.2 (a musl host): dlsym is in libc there.
+_LIBC_FALLBACK_FLAGS: tuple[str, ...] = ()
+_MUSL_FLAGS: tuple[str, ...] = ()
 
 
 class ShimBuildError(EmulatorError):
@@ -87,7 +96,7 @@ def source_digest(*, musl: bool) -> str:
     """The cache key: a hash of the source, the flags, and which variants the build holds."""
     digest = hashlib.sha256()
     digest.update(SOURCE.read_bytes())
-    digest.update(repr((_COMMON_FLAGS, _LIBC_FLAGS, _MUSL_FLAGS)).encode())
+    digest.update(repr((_COMMON_FLAGS, _LIBC_FLAGS, _LIBC_FALLBACK_FLAGS, _MUSL_FLAGS)).encode())
     return digest.hexdigest()[:16] + ("-glibc-musl" if musl else "-glibc")
 
 
@@ -144,7 +153,12 @@ def ensure_shim(settings: Settings | None = None, *, musl: bool | None = None) -
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
-        _compile(compiler, _LIBC_FLAGS, staging / LIBRARY_NAME)
+        try:
+            _compile(compiler, _LIBC_FLAGS, staging / LIBRARY_NAME)
+        except ShimBuildError as error:
+            if "libdl.so.2" not in str(error):
+                raise
+            _compile(compiler, _LIBC_FALLBACK_FLAGS, staging / LIBRARY_NAME)
         if musl and musl_compiler is not None:
             _compile(musl_compiler, _MUSL_FLAGS, staging / MUSL_LIBRARY_NAME)
         staging.chmod(0o755)

@@ -489,3 +489,22 @@ def test_container_extras_mount_the_library(build: ShimBuild, tmp_path: Path) ->
     assert extras.environment == {"LD_PRELOAD": ENCLAVE_PRELOAD}
     assert ENCLAVE_PRELOAD == f"{ENCLAVE_LIB_DIR}/{LIBRARY_NAME}"
     assert (tmp_path / "run16" / "lib").is_dir()
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="readelf (binutils) not installed")
+def test_library_loads_on_any_libc(build: ShimBuild) -> None:
+    """No libc dependency nor glibc symbol versions: older images (glibc 2.26) can load it."""
+    dynamic = subprocess.run(["readelf", "-dV", str(build.library)], capture_output=True,
+                             text=True, check=True).stdout
+    needed = [line.split("[")[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
+    assert needed in (["libdl.so.2"], [])
+    assert "GLIBC_" not in dynamic
+
+
+def test_programs_that_never_touch_nsm_or_vsock_are_unaffected(build: ShimBuild, tmp_path: Path) -> None:
+    script = "echo hello > f && cat f && ls -a . && python3 -c 'import socket; socket.socket().close()'"
+    env = dict(os.environ, LD_PRELOAD=str(build.library))
+    result = subprocess.run(["sh", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.split() == ["hello", ".", "..", "f"]

@@ -182,3 +182,25 @@ def test_cli_reverse_forwarder_stops_on_sigint_and_removes_its_socket(
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.mark.parametrize("splice", [True, False])
+def test_relay_moves_both_ways_and_keeps_half_close(splice: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not splice:
+        monkeypatch.delattr(os, "splice", raising=False)  # the copying fallback
+    left, relay_left = socket.socketpair()
+    relay_right, right = socket.socketpair()
+    counts: list[tuple[int, int]] = []
+    thread = threading.Thread(target=lambda: counts.append(vsock_forward.relay(relay_left, relay_right)))
+    thread.start()
+    data = os.urandom(3_000_000)
+    with left, right, relay_left, relay_right:
+        sender = threading.Thread(target=lambda: (left.sendall(data), left.shutdown(socket.SHUT_WR)))
+        sender.start()
+        assert recv_all(right) == data  # EOF arrived after the data: left's half-close crossed
+        right.sendall(b"reply after the half-close")
+        right.shutdown(socket.SHUT_WR)
+        assert recv_all(left) == b"reply after the half-close"
+        sender.join()
+        thread.join(10)
+    assert counts == [(len(data), 26)]

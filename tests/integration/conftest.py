@@ -29,100 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from runtime_helpers import PROBE_APP, minimum_memory, wait_for_output  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_REPOSITORY = "nitro-emu-test/app"
-
-#: The probe enclave: facts as one JSON line, then an NSM attestation, then it waits.
-#: Writing a number N to /run/nitro-emu/allocate makes it allocate N MiB (the OOM test).
-PROBE_APP = r'''
-import base64, errno, json, os, socket, sys, time
-
-def status_field(name):
-    for line in open("/proc/self/status"):
-        if line.startswith(name + ":"):
-            return line.split()[1]
-
-def try_connect(host, port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(2)
-    try:
-        s.connect((host, port))
-        return "connected"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno)) if e.errno else type(e).__name__
-    finally:
-        s.close()
-
-def try_write(path):
-    try:
-        with open(path, "w") as f:
-            f.write("x")
-        return "written"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
-
-def key_files():
-    found = []
-    for top in ("/",):
-        for dirpath, dirnames, filenames in os.walk(top):
-            if dirpath in ("/proc", "/sys", "/dev"):
-                dirnames[:] = []
-                continue
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                try:
-                    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 1 << 20:
-                        continue
-                    with open(path, "rb") as f:
-                        if b"PRIVATE KEY" in f.read():
-                            found.append(path)
-                except OSError:
-                    pass
-    return found
-
-facts = {
-    "interfaces": sorted(os.listdir("/sys/class/net")),
-    "connect_gateway": try_connect("172.17.0.1", 2375),
-    "connect_internet": try_connect("1.1.1.1", 443),
-    "write_root": try_write("/probe-file"),
-    "write_usr": try_write("/usr/probe-file"),
-    "write_tmp": try_write("/tmp/probe-file"),
-    "cap_eff": status_field("CapEff"),
-    "cap_bnd": status_field("CapBnd"),
-    "no_new_privs": status_field("NoNewPrivs"),
-    "nproc": len(os.sched_getaffinity(0)),
-    "env": {k: v for k, v in os.environ.items() if k.startswith("NITRO_EMU")},
-    "mounts": [line.split()[4] for line in open("/proc/self/mountinfo")],
-    "key_files": key_files(),
-    "cgroup_memory_limit": None,
-}
-for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-    try:
-        facts["cgroup_memory_limit"] = open(path).read().strip()
-        break
-    except OSError:
-        pass
-from fake_nsm.client import NsmClient
-with NsmClient() as nsm:
-    doc = nsm.get_attestation_doc(nonce=b"probe-nonce", user_data=b"probe")
-    facts["module_id"] = nsm.describe_nsm().module_id
-facts["attestation_b64"] = base64.b64encode(doc).decode()
-print("FACTS " + json.dumps(facts), flush=True)
-hold = []
-while True:
-    try:
-        amount = int(open("/run/nitro-emu/allocate").read().strip() or 0)
-    except (OSError, ValueError):
-        amount = 0
-    if amount:
-        print(f"allocating {amount} MiB", flush=True)
-        for _ in range(amount):
-            hold.append(bytearray(os.urandom(16)) * (1 << 16))  # 1 MiB, touched
-        print("allocated", flush=True)
-    time.sleep(0.1)
-'''
-
 
 def _image_context(files: Mapping[str, str | bytes], cmd: list[str], include_fake_nsm: bool, base: str) -> bytes:
     """A tar build context: Dockerfile, the files, and optionally fake_nsm/."""
@@ -194,31 +104,12 @@ def probe_eif(build_app_eif, probe_image, tmp_path_factory) -> tuple[Path, Any]:
     return build_app_eif(probe_image, tmp_path_factory.mktemp("eif"), name="probe")
 
 
-def minimum_memory(eif: Path) -> int:
-    """nitro-cli's minimum --memory for this EIF: 4 x its size in MiB, rounded up."""
-    return -(-eif.stat().st_size // (1 << 20)) * 4
-
-
 @pytest.fixture
 def run_test_enclave() -> Callable[..., contextlib.AbstractContextManager[Any]]:
     """Context manager factory: run an enclave (current home) and always terminate it."""
     from emulator.runtime import running_enclave
 
     return running_enclave
-
-
-def wait_for_output(enclave_id: str, marker: str, timeout: float = 30.0) -> str:
-    """The enclave's output once a line starting with ``marker`` appeared in it."""
-    from emulator.runtime import enclave_logs
-
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = enclave_logs(enclave_id)
-        if any(line.startswith(marker) for line in text.splitlines()):
-            return text
-        time.sleep(0.1)
-    raise AssertionError(f"no {marker!r} line from {enclave_id} within {timeout} s; output:\n{text[-2000:]}")
 
 
 def _leftovers(home: Path) -> list[str]:

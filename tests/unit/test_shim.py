@@ -405,6 +405,13 @@ s = fresh(); s.bind((socket.VMADDR_CID_ANY, 6000))
 attempt("bind_twice", lambda: s.bind((socket.VMADDR_CID_ANY, 6001)))
 s.listen()
 attempt("port_in_use", lambda: fresh().bind((socket.VMADDR_CID_ANY, 6000)))
+attempt("protocol", lambda: socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM, 6))
+attempt("foreign_cid", lambda: fresh().bind((1234, 1)))
+attempt("peer_unconnected", lambda: fresh().getpeername())
+attempt("connect_listener", lambda: s.connect((1, 6000)))
+c = fresh(); c.connect((1, 6000))  # loopback to our own listener
+attempt("connect_twice", lambda: c.connect((1, 6000)))
+out["so_domain"] = c.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
 print(json.dumps(out))
 """
 
@@ -419,7 +426,9 @@ def test_vsock_errors_are_the_kernel_errnos(build: ShimBuild, mirror: Path, side
     assert json.loads(result.stdout) == {
         "unknown_cid": "ENODEV", "nobody_on_port": "ECONNREFUSED", "dgram": "ESOCKTNOSUPPORT",
         "listen_unbound": "EINVAL", "bind_twice": "EINVAL",
-        "port_in_use": "EADDRINUSE",
+        "port_in_use": "EADDRINUSE", "protocol": "EPROTONOSUPPORT",
+        "foreign_cid": "EADDRNOTAVAIL", "peer_unconnected": "ENOTCONN",
+        "connect_listener": "EINVAL", "connect_twice": "EISCONN", "so_domain": socket.AF_VSOCK,
     }
 
 

@@ -14,6 +14,7 @@ from fake_nsm.cose import decode_cbor
 from fake_nsm.document import PAYLOAD_KEYS, AttestationDocument
 from fake_nsm.errors import MalformedDocumentError, UnsupportedAlgorithmError
 
+_KNOWN_KEYS = frozenset(PAYLOAD_KEYS)
 MANDATORY_KEYS: tuple[str, ...] = PAYLOAD_KEYS[:6]
 OPTIONAL_KEYS: tuple[str, ...] = PAYLOAD_KEYS[6:]
 
@@ -44,7 +45,7 @@ def parse_attestation_payload(payload: bytes, *, strict: bool = False) -> Attest
         raise MalformedDocumentError(
             f"the payload must be a CBOR map, got {type(fields).__name__}"
         )
-    unknown = [key for key in fields if key not in PAYLOAD_KEYS]
+    unknown = [key for key in fields if not isinstance(key, str) or key not in _KNOWN_KEYS]
     if unknown:
         raise MalformedDocumentError(
             f"unknown payload field(s) {', '.join(sorted(map(repr, unknown)))}; "

@@ -351,3 +351,17 @@ def test_a_failed_chain_is_not_cached(chain) -> None:  # type: ignore[no-untyped
         with pytest.raises(CertificateChainError, match="cabundle.2. was not issued by cabundle.1."):
             verify_attestation_document(data, trusted_roots=[bad.root_pem], at=NOW, chain_cache=cache)
     assert len(cache) == 0
+
+
+def test_concurrent_verifications_share_one_cache(ca) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ChainCache()
+    documents = [signer(ca, definite=i % 2 == 0).sign(PCRS, nonce=bytes([i])) for i in range(8)]
+
+    def check(index: int) -> bytes | None:
+        return verify_ours(documents[index], ca, chain_cache=cache, nonce=bytes([index])).nonce
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(check, range(8))) == [bytes([i]) for i in range(8)]
+    assert len(cache) == 1

@@ -12,6 +12,7 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import re
 import sys
 from datetime import datetime, timedelta, timezone
@@ -107,7 +108,14 @@ def _verify(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(document.to_json(), indent=2) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. `| head`: the reader left; the verdict stands
-        pass
+        # Point stdout at /dev/null so the interpreter's final flush does not complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (captured)
+            pass
+        finally:
+            os.close(devnull)
     return 0
 
 

@@ -365,3 +365,20 @@ def test_concurrent_verifications_share_one_cache(ca) -> None:  # type: ignore[n
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(check, range(8))) == [bytes([i]) for i in range(8)]
     assert len(cache) == 1
+
+
+@pytest.mark.parametrize(
+    "name, timestamp_ms",
+    [(VALID, 1665651482136), (DEBUG, 1665582606081)],
+    ids=["production", "debug-mode"],
+)
+def test_both_genuine_documents_at_their_timestamp_and_three_hours_later(  # type: ignore[no-untyped-def]
+    aws_vectors: Path, chain, name: str, timestamp_ms: int
+) -> None:
+    data = (aws_vectors / name).read_bytes()
+    at = datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc)
+    assert verify_real(data, at=at, allow_debug=True).timestamp == timestamp_ms
+    with pytest.raises(CertificateExpiredError, match="leaf certificate expired"):
+        verify_real(data, at=at + timedelta(hours=3, seconds=1), allow_debug=True)
+    with pytest.raises(UntrustedRootError):
+        verify_real(data, at=at, allow_debug=True, trusted_roots=[chain.root_der])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,8 +25,8 @@ from emulator.image_archive import app_ramdisk_source, resolve_image
 from emulator.measurements import Measurements
 
 BUILD_TOOL = "nitro-emu"
-#: nitro-cli's default ``ImageVersion`` when ``--version`` is not given.
-DEFAULT_IMAGE_VERSION = "1.0"
+#: Docker architectures and the EIF header's arch flag (cli ``enclave_build/src/lib.rs``).
+_ARCH_FLAGS = {"amd64": False, "arm64": True}
 
 
 class EifBuildError(NitroCliError):
@@ -69,14 +68,17 @@ def identity_metadata(
     custom: Any = None,
 ) -> bytes:
     """The metadata section: ``EifIdentityInfo`` JSON (nitro-facts §3.3)."""
+    # nitro-cli's defaults (enclave_build ``generate_identity_info``): the URI before its
+    # first ':' and the image id without "sha256:".
+    image_id = str(docker_info.get("Id", ""))
     identity = {
-        "ImageName": name or docker_uri,
-        "ImageVersion": version or DEFAULT_IMAGE_VERSION,
+        "ImageName": name or docker_uri.split(":")[0],
+        "ImageVersion": version or image_id.removeprefix("sha256:"),
         "BuildMetadata": {
             "BuildTime": _build_time(),
             "BuildTool": BUILD_TOOL,
             "BuildToolVersion": boot_blobs().version,
-            "OperatingSystem": platform.system(),
+            "OperatingSystem": "Linux",  # enclaves run on the (Docker host's) Linux kernel
             "KernelVersion": kernel_version,
         },
         "DockerInfo": docker_info,
@@ -138,6 +140,9 @@ def build_eif(
     if not output.parent.is_dir():
         raise EifBuildError(f"the output directory {output.parent} does not exist")
     found = resolve_image(docker_client, image, notify)
+    architecture = found.attrs.get("Architecture", "amd64")
+    if architecture not in _ARCH_FLAGS:
+        raise EifBuildError(f"{image!r} is a {architecture} image; enclaves run amd64 or arm64 images")
     blobs = boot_blobs()
     section = identity_metadata(
         image, found.attrs, blobs.kernel_version, name=name, version=version, custom=metadata
@@ -150,7 +155,7 @@ def build_eif(
             metadata=section,
             ramdisks=(blobs.boot_ramdisk, app_ramdisk_source(docker_client, found)),
             signer=signer,
-            arm64=platform.machine().lower() in ("aarch64", "arm64"),
+            arm64=_ARCH_FLAGS[architecture],
         )
     except docker.errors.DockerException as error:
         raise EifBuildError(f"exporting {image!r} from the Docker engine failed ({error})") from error

@@ -130,6 +130,7 @@ def test_build_enclave_prints_nitro_cli_lines_and_json(builds) -> None:  # type:
 
 
 def test_describe_eif_of_built_images(builds, docker_client, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    names = {}
     for name, signed in (("a1", True), ("b", False)):
         assert main(["describe-eif", "--eif-path", str(builds[name].eif)]) == 0
         described = json.loads(capsys.readouterr().out)
@@ -139,7 +140,11 @@ def test_describe_eif_of_built_images(builds, docker_client, capsys: pytest.Capt
         assert described.get("SignatureCheck") is (True if signed else None)
         assert described["Metadata"]["DockerInfo"]["Id"] == docker_client.images.get(builds[name].tag).id
         assert described["Metadata"]["BuildTool"] == "nitro-emu"
-    assert (described["ImageName"], described["ImageVersion"]) == ("app", "7")
+        names[name] = (described["ImageName"], described["ImageVersion"])
+    # nitro-cli's defaults: the URI before ':' and the image id without "sha256:"
+    image_id = docker_client.images.get(builds["a1"].tag).id.removeprefix("sha256:")
+    assert names["a1"] == (builds["a1"].tag.split(":")[0], image_id)
+    assert names["b"] == ("app", "7")
 
 
 def test_loaded_enclave_image_has_the_original_config_and_files(builds, docker_client) -> None:  # type: ignore[no-untyped-def]

@@ -186,3 +186,52 @@ def test_unmodified_enclave_code_through_the_shim(
                 sock.sendall(b"from-the-host")
                 answer = json.loads(sock.recv(1000))
             assert answer["data"] == "from-the-host" and answer["peer"][0] == 3
+
+
+MUSL_LOADER = Path("/lib/ld-musl-x86_64.so.1")
+
+
+@pytest.fixture(scope="module")
+def musl_eif(docker_client: Any, build_app_eif: Callable[..., Any],
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """An Alpine-style image: nothing but musl's loader and a musl-linked C ioctl client."""
+    import io
+    import shutil
+    import tarfile
+
+    if shutil.which("musl-gcc") is None or not MUSL_LOADER.exists():
+        pytest.skip("musl-gcc (Debian's musl-tools) is not installed")
+    directory = tmp_path_factory.mktemp("muslprobe")
+    (directory / "probe.c").write_text(PROBE_SOURCE)
+    subprocess.run(["musl-gcc", "-O1", "-o", str(directory / "probe"), str(directory / "probe.c")],
+                   check=True, capture_output=True, timeout=60)
+    command = ["/app/probe", "ioctl", "6b44657363726962654e534d", "12288", "hold"]
+    dockerfile = ("FROM scratch\nCOPY ld-musl-x86_64.so.1 /lib/\nCOPY probe /app/probe\n"
+                  f"CMD {json.dumps(command)}\n").encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as archive:
+        for name, data, mode in (("Dockerfile", dockerfile, 0o644),
+                                 ("ld-musl-x86_64.so.1", MUSL_LOADER.resolve().read_bytes(), 0o755),
+                                 ("probe", (directory / "probe").read_bytes(), 0o755)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            archive.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    tag = "nitro-emu-test/shim-musl:latest"
+    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
+    return build_app_eif(tag, tmp_path_factory.mktemp("musleif"), name="musl")  # type: ignore[no-any-return]
+
+
+def test_musl_program_in_a_musl_image(
+    nitro_home: Path, musl_eif: tuple[Path, Any], run_test_enclave: Callable[..., Any]
+) -> None:
+    import cbor2
+
+    eif, _ = musl_eif
+    with run_test_enclave(eif, memory_mib=256, cpu_count=1) as enclave:
+        output = wait_for_output(enclave.enclave_id, '{"errno"', timeout=60)
+    line = next(line for line in output.splitlines() if line.startswith('{"errno"'))
+    reply = json.loads(line)
+    assert reply["errno"] == 0, output
+    described = cbor2.loads(bytes.fromhex(reply["reply"]))["DescribeNSM"]
+    assert described["module_id"].startswith("i-") and described["max_pcrs"] == 32

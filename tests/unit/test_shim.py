@@ -40,7 +40,7 @@ CID = 16
 TIMEOUT = 20
 
 # A C client of /dev/nsm, written as AWS's Rust driver uses it (nitro-facts §1.4):
-#   probe MODE [HEX_REQUEST [CAPACITY]]  ->  one JSON line on stdout
+#   probe MODE [HEX_REQUEST [CAPACITY [hold]]]  ->  one JSON line on stdout
 PROBE_SOURCE = r"""
 #include <errno.h>
 #include <fcntl.h>
@@ -79,7 +79,11 @@ int main(int argc, char **argv) {
     int fd = open("/dev/nsm", O_RDWR | O_CLOEXEC);
     if (fd < 0) { printf("{\"open_errno\": %d}\n", errno); return 0; }
     const char *mode = argv[1];
-    if (!strcmp(mode, "ioctl")) return call(fd, NSM_IOCTL, req, len, cap), 0;
+    if (!strcmp(mode, "ioctl")) {
+        call(fd, NSM_IOCTL, req, len, cap);
+        if (argc > 4) { fflush(stdout); for (;;) pause(); }  /* "hold": an enclave's main */
+        return 0;
+    }
     if (!strcmp(mode, "other")) return call(fd, _IOWR(0x0A, 1, struct nsm_message), req, len, cap), 0;
     if (!strcmp(mode, "big")) { memset(req, 0xf6, 4097); return call(fd, NSM_IOCTL, req, 4097, cap), 0; }
     if (!strcmp(mode, "null")) {

@@ -66,7 +66,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 PLAIN_SERVER = """
-import socket, sys, threading, signal
+import signal, socket, sys, threading
 from emulator import vsock_peer
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 for kind, path in (("discard", sys.argv[1]), ("echo", sys.argv[2])):
@@ -77,6 +77,15 @@ for kind, path in (("discard", sys.argv[1]), ("echo", sys.argv[2])):
 print("ready", flush=True)
 signal.pause()
 """
+
+
+def _dial(path: str) -> Connect:
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        return sock
+
+    return connect
 
 
 @contextlib.contextmanager
@@ -90,22 +99,14 @@ def plain_server(workdir: Path, cpus: set[int] | None) -> Iterator[tuple[Connect
     if cpus:
         os.sched_setaffinity(proc.pid, cpus)
 
-    def dial(path: str) -> Connect:
-        def connect() -> socket.socket:
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(path)
-            return sock
-
-        return connect
-
     try:
-        yield dial(discard), dial(echo)
+        yield _dial(discard), _dial(echo)
     finally:
         _stop(proc)
 
 
 @contextlib.contextmanager
-def process_enclave(home: Path) -> Iterator[tuple[int, set[int] | None]]:
+def process_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[Connect, Connect] | None]]:
     """A second process playing enclave CID 16 over the run-dir layout (no Docker)."""
     run_dir = home / "run" / "16"
     run_dir.mkdir(parents=True)  # home = $NITRO_EMU_HOME
@@ -114,14 +115,19 @@ def process_enclave(home: Path) -> Iterator[tuple[int, set[int] | None]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NITRO_EMU_CID": "16", "NITRO_EMU_VSOCK_ROOT": str(run_dir)}
     proc = _spawn("import sys; from emulator.vsock_peer import main; sys.exit(main(sys.argv[1:]))", env, *PROGRAM)
     try:
-        yield 16, None
+        yield 16, None, None
     finally:
         _stop(proc)
 
 
 @contextlib.contextmanager
-def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None]]:
-    """A real enclave (Docker) running the same server code."""
+def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[Connect, Connect] | None]]:
+    """A real enclave (Docker) running the same server code.
+
+    Also yields connectors to the plain-socket server started inside that enclave: the
+    same container, without the VSOCK addressing, to separate the container's cost from
+    the mirror's.
+    """
     import docker
 
     from emulator.runtime import run_enclave, terminate_enclave
@@ -137,7 +143,17 @@ def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None]]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the enclave never listened on port 5000")
             time.sleep(0.05)
-        yield info.cid, set(info.host_cpus)
+        (container,) = client.containers.list(filters={"label": f"org.nitro-emu.enclave-id={info.enclave_id}"})
+        inside = PLAIN_SERVER.replace("from emulator import vsock_peer", "sys.path.insert(0, '/app'); import vsock_peer")
+        container.exec_run(
+            ["python3", "-c", inside, "/run/nitro-emu/bench-discard", "/run/nitro-emu/bench-echo"], detach=True
+        )
+        run_dir = Path(vsock.listener_path(info.cid, 5000)).parent.parent
+        while not (run_dir / "bench-echo").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the plain server in the enclave never started")
+            time.sleep(0.05)
+        yield info.cid, set(info.host_cpus), (_dial(str(run_dir / "bench-discard")), _dial(str(run_dir / "bench-echo")))
     finally:
         terminate_enclave(info.enclave_id)
         client.close()
@@ -220,11 +236,12 @@ def median_of(runs: int, measure: Callable[[], float]) -> float:
     return statistics.median(measure() for _ in range(runs))
 
 
-def paired_medians(runs: int, first: Callable[[], float], second: Callable[[], float]) -> tuple[float, float]:
-    """Medians of two measures taken alternately, so that load changes hit both alike."""
-    first(), second()  # warm-up
-    pairs = [(first(), second()) for _ in range(runs)]
-    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
+def interleaved_medians(runs: int, measures: list[Callable[[], float]]) -> list[float]:
+    """Medians of measures taken in turn, run after run, so that load changes hit all alike."""
+    for measure in measures:
+        measure()  # warm-up
+    samples = [[measure() for measure in measures] for _ in range(runs)]
+    return [statistics.median(run[i] for run in samples) for i in range(len(measures))]
 
 
 def main() -> int:
@@ -250,34 +267,37 @@ def main() -> int:
         home = Path(tmp)
         os.environ["NITRO_EMU_HOME"] = str(home / "home")
         enclave = container_enclave if mode == "container" else process_enclave
-        with enclave(home / "home") as (cid, cpus), plain_server(home, cpus) as (plain_discard, plain_echo):
+        with enclave(home / "home") as (cid, cpus, inside), plain_server(home, cpus) as plain:
             if cpus:
                 print(f"enclave CPUs (host): {sorted(cpus)}; the plain server is pinned to them too")
-            vs_discard = lambda: vsock.connect(cid, 5004)  # noqa: E731
-            vs_echo = lambda: vsock.connect(cid, 5000)  # noqa: E731
+            series: dict[str, tuple[Connect, Connect]] = {"plain unix": plain}
+            if inside:
+                series["plain in enclave"] = inside
+            series["vsock mirror"] = (lambda: vsock.connect(cid, 5004), lambda: vsock.connect(cid, 5000))
             rows = []
             for streams in (1, 8):
-                plain, mirror = paired_medians(
-                    args.runs,
-                    lambda: throughput(plain_discard, total, streams),
-                    lambda: throughput(vs_discard, total, streams),
+                values = interleaved_medians(
+                    args.runs, [lambda d=d: throughput(d, total, streams) for d, _ in series.values()]
                 )
-                rows.append((f"throughput, {streams} stream(s)", plain / 1e9, mirror / 1e9, "GB/s"))
-            plain_rtt, mirror_rtt = [], []
-            for _ in range(args.runs):  # alternately, as above
-                plain_rtt.append(round_trips(plain_echo, args.pings))
-                mirror_rtt.append(round_trips(vs_echo, args.pings))
+                rows.append((f"throughput, {streams} stream(s)", [v / 1e9 for v in values], "GB/s"))
+            rtts: list[list[list[float]]] = [[] for _ in series]
+            for _ in range(args.runs):  # in turn, as above
+                for index, (_, echo) in enumerate(series.values()):
+                    rtts[index].append(round_trips(echo, args.pings))
             for label, fraction in (("p50", 0.5), ("p99", 0.99)):
-                plain_value = statistics.median(percentile(r, fraction) for r in plain_rtt)
-                mirror_value = statistics.median(percentile(r, fraction) for r in mirror_rtt)
-                rows.append((f"round trip {label}", plain_value, mirror_value, "µs"))
+                values = [statistics.median(percentile(r, fraction) for r in runs) for runs in rtts]
+                rows.append((f"round trip {label}", values, "µs"))
             with forwarder_to(cid, 5004) as tcp_discard:
                 forward = median_of(args.runs, lambda: throughput(tcp_discard, total, 1))
-        print(f"{'measure':28} {'plain unix':>12} {'vsock mirror':>14} {'ratio':>7}")
-        for label, plain_value, mirror_value, unit in rows:
-            print(f"{label:28} {plain_value:9.3f} {unit:4} {mirror_value:9.3f} {unit:4} {mirror_value / plain_value:6.2f}x")
-        plain_one = rows[0][1]
-        print(f"{'forwarder tcp->vsock, 1 str':28} {'':12} {forward / 1e9:9.3f} GB/s {forward / 1e9 / plain_one:6.2f}x")
+        names = list(series)
+        header = "".join(f"{name:>20}" for name in names)
+        print(f"{'measure':26}{header} {'mirror/plain':>13}" + (f" {'mirror/in-encl':>15}" if inside else ""))
+        for label, values, unit in rows:
+            cells = "".join(f"{value:>14.3f} {unit:5}" for value in values)
+            ratios = f" {values[-1] / values[0]:>12.2f}x" + (f" {values[-1] / values[1]:>14.2f}x" if inside else "")
+            print(f"{label:26}{cells}{ratios}")
+        plain_one = rows[0][1][0]
+        print(f"{'forwarder tcp->vsock, 1 st':26}{forward / 1e9:>14.3f} GB/s  ({forward / 1e9 / plain_one:.2f}x plain)")
     return 0
 
 

@@ -106,6 +106,16 @@ int main(int argc, char **argv) {
         call(copy, NSM_IOCTL, req, len, cap);
         return call(moved, NSM_IOCTL, req, len, cap), 0;
     }
+    if (!strcmp(mode, "fopen")) {  /* stdio users: fopen, then fclose forgets the fd */
+        close(fd);
+        FILE *stream = fopen("/dev/nsm", "re");
+        int number = fileno(stream);
+        call(number, NSM_IOCTL, req, len, cap);
+        fclose(stream);
+        int plain = open("/dev/null", O_RDONLY);
+        printf("{\"reused\": %d, \"plain_seek\": %ld}\n", plain == number, (long)lseek(plain, 0, SEEK_CUR));
+        return 0;
+    }
     return 2;
 }
 """
@@ -246,6 +256,12 @@ def test_dup_and_close_keep_the_tracking_right(
     assert lines[0] == {"reused": 1, "plain_seek": 0}
     assert reply(lines[1])["DescribeNSM"]["module_id"] == MODULE_ID
     assert reply(lines[2])["DescribeNSM"]["module_id"] == MODULE_ID
+
+
+def test_fopen_and_fclose(build: ShimBuild, probe: Path, nsm: tuple[Path, Any]) -> None:
+    lines = run_probe(build, probe, nsm[0], "fopen", cbor2.dumps("DescribeNSM"))["lines"]
+    assert reply(lines[0])["DescribeNSM"]["module_id"] == MODULE_ID
+    assert lines[1] == {"reused": 1, "plain_seek": 0}
 
 
 def test_python_sees_the_device_like_real_hardware(build: ShimBuild, nsm: tuple[Path, Any]) -> None:

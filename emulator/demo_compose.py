@@ -107,14 +107,12 @@ def prepare(out: Path, *, docker: Any | None = None, say: Any = print) -> dict[s
     (tools / "Dockerfile").write_text(TOOLS_DOCKERFILE)
 
     context = stage_enclave_context(out / "enclave-context")
-    builder = EnclaveBuilder(lambda: docker, cache_dir=out / "eif")
+    builder = EnclaveBuilder(lambda: docker)  # the shared EIF cache (~/.cache/nitro-emu/eif)
     built = builder.from_dockerfile(context, build_args={"BASE": CRYPTO_IMAGE})
     eif = read_eif(built.eif_path)
     loaded = load_enclave_image(docker, eif)
     repository, _, tag = ENCLAVE_IMAGE.partition(":")
     docker.images.get(loaded).tag(repository, tag)
-    docker.images.remove(built.image)
-    shutil.rmtree(out / "eif")  # the EIF was only needed to measure and load the image
     pcrs = built.measurements.pcrs()
     (out / "nsm-args").write_text(" ".join(f"--pcr {i}={v.hex()}" for i, v in sorted(pcrs.items())) + "\n")
     (out / "measurements.json").write_text(

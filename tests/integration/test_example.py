@@ -20,18 +20,19 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 def factory(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[EnclaveFactory]:
     ensure_crypto_image(docker_client)
     work = tmp_path_factory.mktemp("cs")
-    factory = EnclaveFactory(work / "home", docker_client=docker_client, cache_dir=work / "eif", worker="example")
+    # The default EIF cache: the compose test builds the same context and reuses this EIF.
+    factory = EnclaveFactory(work / "home", docker_client=docker_client, worker="example")
     yield factory
     factory.close()
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory: pytest.TempPathFactory, factory: EnclaveFactory, docker_client: Any) -> Iterator[EnclaveSpec]:
+def spec(tmp_path_factory: pytest.TempPathFactory, factory: EnclaveFactory) -> EnclaveSpec:
+    """The example's enclave; its image stays cached by content tag (nitro-emu-test/<digest>)."""
     context = stage_enclave_context(tmp_path_factory.mktemp("ctx") / "context")
     spec = EnclaveSpec(dockerfile_dir=context, build_args={"BASE": CRYPTO_IMAGE}).checked()
-    built = factory.build(spec)
-    yield spec
-    docker_client.images.remove(built.image, force=True)
+    factory.build(spec)
+    return spec
 
 
 @pytest.fixture(scope="module")

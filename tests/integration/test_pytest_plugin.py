@@ -1,18 +1,17 @@
 """The pytest plugin, run the way users run it: inner pytest sessions via ``pytester``.
 
-Each inner session gets its own state dir (``--nitro-state-dir``, i.e. NITRO_EMU_HOME) and
-a shared EIF cache, so the echo enclave's EIF is built once for this module.
+Each inner session gets its own state dir (``--nitro-state-dir``, i.e. NITRO_EMU_HOME); the
+EIF cache is the default one, so the echo enclave's EIF is built once per machine, and its
+image stays cached by content tag (``nitro-emu-test/<digest>``).
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from emulator.enclave_images import TEST_IMAGE_REPOSITORY, directory_digest
 
 pytest_plugins = ["pytester"]
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -83,18 +82,8 @@ def test_parallel(nitro_enclave, word, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def eif_cache(tmp_path_factory: pytest.TempPathFactory, docker_client, base_image) -> Iterator[Path]:  # type: ignore[no-untyped-def]
-    """A module-wide EIF cache; removes the test image it led to at the end."""
-    cache = tmp_path_factory.mktemp("eif")
-    yield cache
-    echo = _write_echo(tmp_path_factory.mktemp("echo-digest"))
-    import docker.errors
-
-    tag = f"{TEST_IMAGE_REPOSITORY}/{directory_digest(echo)[:24]}:latest"
-    try:
-        docker_client.images.remove(tag, force=True)
-    except docker.errors.ImageNotFound:
-        pass
+def engine(docker_client, base_image) -> None:  # type: ignore[no-untyped-def]
+    """The engine and the base image the echo enclave is built FROM."""
 
 
 def _write_echo(directory: Path) -> Path:
@@ -117,7 +106,7 @@ def _leftovers(docker_client, home: Path) -> list[str]:  # type: ignore[no-untyp
 
 
 def test_user_tests_pass_and_failures_name_their_cause(
-    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, eif_cache: Path, docker_client
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, engine: None, docker_client
 ) -> None:  # type: ignore[no-untyped-def]
     _write_echo(pytester.path)
     broken = pytester.path / "broken"
@@ -127,7 +116,7 @@ def test_user_tests_pass_and_failures_name_their_cause(
     home = tmp_path_factory.mktemp("h")
 
     result = pytester.runpytest_subprocess(
-        f"--nitro-state-dir={home}", f"--nitro-cache-dir={eif_cache}", "-p", "no:cacheprovider", timeout=400
+        f"--nitro-state-dir={home}", "-p", "no:cacheprovider", timeout=400
     )
 
     result.assert_outcomes(passed=1, failed=1, errors=2)
@@ -143,7 +132,7 @@ def test_user_tests_pass_and_failures_name_their_cause(
 
 
 def test_xdist_workers_get_their_own_cids_names_and_state(
-    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, eif_cache: Path, docker_client
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, engine: None, docker_client
 ) -> None:  # type: ignore[no-untyped-def]
     _write_echo(pytester.path)
     record = tmp_path_factory.mktemp("rec") / "enclaves.txt"
@@ -151,7 +140,7 @@ def test_xdist_workers_get_their_own_cids_names_and_state(
     home = tmp_path_factory.mktemp("x")
 
     result = pytester.runpytest_subprocess(
-        "-n", "2", f"--nitro-state-dir={home}", f"--nitro-cache-dir={eif_cache}", "-p", "no:cacheprovider",
+        "-n", "2", f"--nitro-state-dir={home}", "-p", "no:cacheprovider",
         timeout=400,
     )
 

@@ -302,11 +302,15 @@ def own_cid() -> int:
 
 
 def _real_local_cid() -> int:
+    """The kernel's local CID (IOCTL_VM_SOCKETS_GET_LOCAL_CID); ANY if it cannot say."""
     import array
 
     buf = array.array("I", [0])
-    with open("/dev/vsock", "rb") as dev:  # IOCTL_VM_SOCKETS_GET_LOCAL_CID
-        fcntl.ioctl(dev, 0x7B9, buf, True)
+    try:
+        with open("/dev/vsock", "rb") as dev:
+            fcntl.ioctl(dev, 0x7B9, buf, True)
+    except OSError:
+        return VMADDR_CID_ANY
     return int(buf[0])
 
 

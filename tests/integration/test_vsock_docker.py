@@ -62,7 +62,9 @@ def start_enclave(peer_eif: Path, vsock_home: Path) -> Iterator:  # type: ignore
         except Exception:  # noqa: BLE001 - already gone (killed by the test)
             pass
     leftovers = list((vsock_home / "run" / "parent").glob("*"))
-    assert not leftovers, f"parent listeners left behind: {leftovers}"
+    for info in started:  # the enclave's runtime dir, its VSOCK sockets included, is gone
+        leftovers += [info.cid] if (vsock_home / "run" / str(info.cid)).exists() else []
+    assert not leftovers, f"left behind: {leftovers}"
 
 
 def _wait_listening(cid: int, port: int, timeout: float = 30) -> None:

@@ -291,3 +291,18 @@ def test_transport_choice_real_nitro_vs_emulator(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(vsock_enclave, "DEFAULT_ROOT", str(tmp_path / "absent"))
     monkeypatch.setenv("NITRO_EMU_CID", "16")
     assert vsock_enclave.emulated() is True
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_VSOCK"), reason="this Python has no AF_VSOCK")
+def test_real_nitro_path_uses_af_vsock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NITRO_EMU_CID", raising=False)
+    monkeypatch.delenv("NITRO_EMU_VSOCK_ROOT", raising=False)
+    monkeypatch.setattr(vsock_enclave, "DEFAULT_ROOT", str(tmp_path / "absent"))
+    try:
+        listener = vsock_enclave.listen(vsock.VMADDR_PORT_ANY)
+    except OSError as error:  # the kernel has no vsock transport at all
+        pytest.skip(f"AF_VSOCK sockets unavailable here: {error}")
+    with listener:
+        assert listener.socket.family == socket.AF_VSOCK
+        assert listener.port != vsock.VMADDR_PORT_ANY
+        assert listener.path is None  # nothing on the filesystem

@@ -7,7 +7,8 @@
  * sends msg.request over the NSM socket ($NITRO_EMU_NSM_SOCKET, default
  * /run/nitro-emu/nsm.sock; 4-byte big-endian length + CBOR) and copies the reply into
  * msg.response, truncated to its length, which is written back (nitro-facts §1.4). Other
- * ioctls give EINVAL, lseek gives ESPIPE, as the kernel driver does.
+ * ioctls give EINVAL, lseek gives ESPIPE, as the kernel driver does. "/dev/vsock" is the
+ * same kind of stand-in; it answers IOCTL_VM_SOCKETS_GET_LOCAL_CID with this process's CID.
  *
  * AF_VSOCK: socket(AF_VSOCK, SOCK_STREAM) makes an AF_UNIX stream socket; bind/listen put
  * the listener at <root>/vsock/<port> (enclave) or $NITRO_EMU_HOME/run/parent/<port>
@@ -52,6 +53,8 @@
 /* ---- constants (nitro-facts §1.4; linux/vm_sockets.h) ---------------------------------- */
 
 #define NSM_PATH "/dev/nsm"
+#define VSOCK_DEVICE_PATH "/dev/vsock"
+#define IOCTL_VM_SOCKETS_GET_LOCAL_CID_ 0x7B9u
 #define NSM_STANDIN "/dev/null"
 #define NSM_IOCTL_RAW 0xC0200A00u
 #define NSM_REQUEST_MAX 0x1000u
@@ -196,7 +199,7 @@ static int real_setsockopt(int fd, int level, int name, const void *value, sockl
 
 /* ---- descriptor table: lock-free, allocated only when something is tracked ---------------- */
 
-enum { KIND_NONE = 0, KIND_NSM = 1, KIND_VSOCK = 2 };
+enum { KIND_NONE = 0, KIND_NSM = 1, KIND_VSOCK = 2, KIND_VSOCK_DEVICE = 3 };
 enum { VS_NEW = 0, VS_BOUND, VS_LISTENING, VS_CONNECTED };
 
 struct fd_info {
@@ -300,12 +303,19 @@ static void fd_copy(int from, int to)
 
 /* ---- /dev/nsm: open family ------------------------------------------------------------- */
 
-static int is_nsm_path(const char *path)
+/* The emulated device this path names (KIND_NSM, KIND_VSOCK_DEVICE), or KIND_NONE. */
+static int device_kind(const char *path)
 {
-    return path != NULL && strcmp(path, NSM_PATH) == 0;
+    if (path == NULL || strncmp(path, "/dev/", 5) != 0)
+        return KIND_NONE;
+    if (strcmp(path, NSM_PATH) == 0)
+        return KIND_NSM;
+    if (strcmp(path, VSOCK_DEVICE_PATH) == 0)
+        return KIND_VSOCK_DEVICE;
+    return KIND_NONE;
 }
 
-static int nsm_open(int flags, mode_t mode)
+static int device_open(int kind, int flags, mode_t mode)
 {
     open_fn fn = REAL(open_fn, "open", NULL);
     if (fn == NULL) {
@@ -315,7 +325,7 @@ static int nsm_open(int flags, mode_t mode)
     int fd = fn(NSM_STANDIN, flags, mode);
     if (fd < 0)
         return fd;
-    struct fd_info info = {.kind = KIND_NSM};
+    struct fd_info info = {.kind = (unsigned char)kind};
     if (fd_put(fd, &info) != 0) {
         real_close(fd);
         errno = EMFILE;
@@ -343,8 +353,8 @@ static mode_t mode_arg(int flags, va_list ap)
         va_start(ap, flags);                                                               \
         mode_t mode = mode_arg(flags, ap);                                                 \
         va_end(ap);                                                                        \
-        if (is_nsm_path(path))                                                             \
-            return nsm_open(flags, mode);                                                  \
+        if (device_kind(path) != KIND_NONE)                                                \
+            return device_open(device_kind(path), flags, mode);                            \
         open_fn fn = REAL(open_fn, #fname, fallback);                                      \
         if (fn == NULL) {                                                                  \
             errno = ENOSYS;                                                                \
@@ -360,8 +370,8 @@ static mode_t mode_arg(int flags, va_list ap)
         va_start(ap, flags);                                                               \
         mode_t mode = mode_arg(flags, ap);                                                 \
         va_end(ap);                                                                        \
-        if (is_nsm_path(path))                                                             \
-            return nsm_open(flags, mode);                                                  \
+        if (device_kind(path) != KIND_NONE)                                                \
+            return device_open(device_kind(path), flags, mode);                            \
         openat_fn fn = REAL(openat_fn, #fname, fallback);                                  \
         if (fn == NULL) {                                                                  \
             errno = ENOSYS;                                                                \
@@ -374,8 +384,8 @@ static mode_t mode_arg(int flags, va_list ap)
 #define DEFINE_OPEN2(fname)                                                                \
     EXPORT int fname(const char *path, int flags)                                          \
     {                                                                                      \
-        if (is_nsm_path(path))                                                             \
-            return nsm_open(flags, 0);                                                     \
+        if (device_kind(path) != KIND_NONE)                                                \
+            return device_open(device_kind(path), flags, 0);                               \
         open2_fn fn = REAL(open2_fn, #fname, NULL);                                        \
         if (fn != NULL)                                                                    \
             return fn(path, flags);                                                        \
@@ -386,8 +396,8 @@ static mode_t mode_arg(int flags, va_list ap)
 #define DEFINE_OPENAT2(fname)                                                              \
     EXPORT int fname(int dirfd, const char *path, int flags)                               \
     {                                                                                      \
-        if (is_nsm_path(path))                                                             \
-            return nsm_open(flags, 0);                                                     \
+        if (device_kind(path) != KIND_NONE)                                                \
+            return device_open(device_kind(path), flags, 0);                               \
         openat2_fn fn = REAL(openat2_fn, #fname, NULL);                                    \
         if (fn != NULL)                                                                    \
             return fn(dirfd, path, flags);                                                 \
@@ -406,7 +416,7 @@ DEFINE_OPENAT2(__openat64_2)
 
 typedef FILE *(*fopen_fn)(const char *, const char *);
 
-static FILE *nsm_fopen(const char *mode)
+static FILE *device_fopen(int kind, const char *mode)
 {
     int flags = O_RDONLY;
     if (mode[0] == 'w' || mode[0] == 'a')
@@ -417,7 +427,7 @@ static FILE *nsm_fopen(const char *mode)
         else if (*c == 'e')
             flags |= O_CLOEXEC;
     }
-    int fd = nsm_open(flags, 0666);
+    int fd = device_open(kind, flags, 0666);
     if (fd < 0)
         return NULL;
     FILE *stream = fdopen(fd, mode);
@@ -433,8 +443,8 @@ static FILE *nsm_fopen(const char *mode)
 #define DEFINE_FOPEN(fname, fallback)                                                      \
     EXPORT FILE *fname(const char *path, const char *mode)                                 \
     {                                                                                      \
-        if (is_nsm_path(path) && mode != NULL)                                             \
-            return nsm_fopen(mode);                                                        \
+        if (device_kind(path) != KIND_NONE && mode != NULL)                                \
+            return device_fopen(device_kind(path), mode);                                  \
         fopen_fn fn = REAL(fopen_fn, #fname, fallback);                                    \
         return fn != NULL ? fn(path, mode) : (errno = ENOSYS, (FILE *)NULL);               \
     }
@@ -448,7 +458,7 @@ EXPORT int fclose(FILE *stream)
     fclose_fn fn = REAL(fclose_fn, "fclose", NULL);
     if (stream != NULL) {
         int fd = fileno(stream);
-        if (fd >= 0 && fd_kind(fd) == KIND_NSM)
+        if (fd >= 0 && fd_kind(fd) != KIND_NONE)
             fd_forget(fd);
     }
     return fn != NULL ? fn(stream) : (errno = ENOSYS, EOF);
@@ -466,7 +476,7 @@ EXPORT int fclose(FILE *stream)
             errno = ENOSYS;                                                                \
             return -1;                                                                     \
         }                                                                                  \
-        if (is_nsm_path(path_param))                                                       \
+        if (device_kind(path_param) != KIND_NONE)                                          \
             path_param = NSM_STANDIN;                                                      \
         return fn call_args;                                                               \
     }
@@ -616,6 +626,22 @@ static int nsm_ioctl(unsigned int request, void *arg)
     return 0;
 }
 
+static int64_t own_cid(int *in_enclave);
+
+/* /dev/vsock answers IOCTL_VM_SOCKETS_GET_LOCAL_CID only (af_vsock.c vsock_dev_do_ioctl). */
+static int vsock_device_ioctl(unsigned int request, void *arg)
+{
+    if (request != IOCTL_VM_SOCKETS_GET_LOCAL_CID_)
+        return ENOTTY;
+    if (arg == NULL)
+        return EFAULT;
+    int in_enclave;
+    int64_t cid = own_cid(&in_enclave);
+    uint32_t value = cid < 0 ? VMADDR_CID_ANY_ : (uint32_t)cid;
+    memcpy(arg, &value, sizeof value);
+    return 0;
+}
+
 #ifdef __GLIBC__
 EXPORT int ioctl(int fd, unsigned long request, ...)
 #else
@@ -628,9 +654,10 @@ EXPORT int ioctl(int fd, int request, ...)
     void *arg = va_arg(ap, void *);
     va_end(ap);
     unsigned int cmd = (unsigned int)request; /* the kernel takes a 32-bit command */
-    if (fd_kind(fd) == KIND_NSM && cmd != FIOCLEX_ && cmd != FIONCLEX_ && cmd != FIONBIO_ &&
-        cmd != FIOASYNC_) {
-        int error = nsm_ioctl(cmd, arg);
+    int kind = fd_kind(fd);
+    if ((kind == KIND_NSM || kind == KIND_VSOCK_DEVICE) && cmd != FIOCLEX_ && cmd != FIONCLEX_ &&
+        cmd != FIONBIO_ && cmd != FIOASYNC_) {
+        int error = kind == KIND_NSM ? nsm_ioctl(cmd, arg) : vsock_device_ioctl(cmd, arg);
         if (error != 0) {
             errno = error;
             return -1;
@@ -650,7 +677,8 @@ EXPORT int ioctl(int fd, int request, ...)
     EXPORT off_t fname(int fd, off_t offset, int whence)                                   \
     {                                                                                      \
         typedef off_t (*fn_t)(int, off_t, int);                                            \
-        if (fd_kind(fd) == KIND_NSM) {                                                     \
+        int kind_ = fd_kind(fd);                                                           \
+        if (kind_ == KIND_NSM || kind_ == KIND_VSOCK_DEVICE) {                             \
             errno = ESPIPE;                                                                \
             return -1;                                                                     \
         }                                                                                  \

@@ -452,6 +452,29 @@ def test_vsock_errors_are_the_kernel_errnos(build: ShimBuild, mirror: Path, side
     }
 
 
+LOCAL_CID_PROGRAM = """
+import array, errno, fcntl, json
+buf = array.array("I", [0])
+with open("/dev/vsock", "rb") as device:  # how programs learn their CID on Nitro
+    fcntl.ioctl(device, 0x7B9, buf, True)
+    try:
+        fcntl.ioctl(device, 0x7BA, buf, True)
+        other = 0
+    except OSError as error:
+        other = errno.errorcode[error.errno]
+print(json.dumps({"cid": buf[0], "other": other}))
+"""
+
+
+@pytest.mark.parametrize(("side", "cid"), [("parent", 3), ("enclave", CID)])
+def test_dev_vsock_tells_the_local_cid(build: ShimBuild, mirror: Path, side: str, cid: int) -> None:
+    env = parent_env(build, mirror) if side == "parent" else enclave_env(build, mirror)
+    result = subprocess.run([sys.executable, "-c", LOCAL_CID_PROGRAM], env=env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"cid": cid, "other": "ENOTTY"}
+
+
 # --- build, CLI and the enclave hook -----------------------------------------------------
 
 

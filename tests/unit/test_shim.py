@@ -283,6 +283,24 @@ def test_python_sees_the_device_like_real_hardware(build: ShimBuild, nsm: tuple[
     assert json.loads(result.stdout) == {"chr": True, "access": True, "text_mode": "UnsupportedOperation"}
 
 
+def test_threads_share_the_device(build: ShimBuild, nsm: tuple[Path, Any]) -> None:
+    """fake_nsm's own /dev/nsm transport, 8 threads at once: every reply is whole and distinct."""
+    code = textwrap.dedent("""
+        import json
+        from concurrent.futures import ThreadPoolExecutor
+        from fake_nsm.client import DevNsmTransport, NsmClient
+        client = NsmClient(transport=DevNsmTransport())
+        with ThreadPoolExecutor(8) as pool:
+            randoms = list(pool.map(lambda _: client.get_random().hex(), range(80)))
+        print(json.dumps({"distinct": len(set(randoms)), "module_id": client.describe_nsm().module_id}))
+    """)
+    env = dict(os.environ, LD_PRELOAD=str(build.library), NITRO_EMU_NSM_SOCKET=str(nsm[0]),
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"distinct": 80, "module_id": MODULE_ID}
+
+
 @pytest.mark.skipif(shutil.which("musl-gcc") is None, reason="musl-gcc (musl-tools) not installed")
 def test_musl_program_with_both_builds(
     build: ShimBuild, nsm: tuple[Path, Any], tmp_path: Path

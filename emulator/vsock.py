@@ -232,8 +232,17 @@ async def start_server(
     writer gives the enclave's (CID, port).
     """
     listener = listen(port, backlog=backlog)
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if _mech.is_probe(writer.get_extra_info("peername")):
+            writer.close()  # another process checking that this port is alive
+            return
+        result = client_connected_cb(reader, writer)
+        if asyncio.iscoroutine(result):
+            await result
+
     try:
-        server = await asyncio.start_unix_server(client_connected_cb, sock=listener.socket, **kwargs)
+        server = await asyncio.start_unix_server(connected, sock=listener.socket, **kwargs)
     except BaseException:
         listener.close()
         raise

@@ -40,6 +40,7 @@ VMADDR_PORT_ANY = 0xFFFFFFFF
 MAX_U32 = 0xFFFFFFFF
 
 ABSTRACT_PREFIX = "nitro-emu-vsock:"
+PROBE_PREFIX = b"\0nitro-emu-vsock-probe:"
 EPHEMERAL_FIRST, EPHEMERAL_LAST = 1024, 0x7FFFFFFF  # architecture.md "VSOCK mirror"
 SUN_PATH_MAX = 107  # bytes of sun_path usable for a filesystem name (108 with the NUL)
 
@@ -159,10 +160,19 @@ def connect_path(sock: socket.socket, path: str) -> None:
         ) from error
 
 
+def is_probe(name: Union[str, bytes, None]) -> bool:
+    """True for the address of a liveness probe (see :func:`bind_listener`), not a peer."""
+    raw = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else (name or b"")
+    return raw.startswith(PROBE_PREFIX)
+
+
 def _is_live_listener(path: str) -> bool:
+    # Connecting is the only test that works across network namespaces (/proc/net/unix
+    # shows only its own). The probe's name lets our listeners drop it unseen.
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.setblocking(False)
     try:
+        probe.bind(PROBE_PREFIX + f"{os.getpid()}:{random.getrandbits(48)}".encode())
         with _short_path(path) as usable:
             probe.connect(usable)
         return True
@@ -200,9 +210,12 @@ class Listener:
 
     def accept(self) -> Tuple[socket.socket, Address]:
         """Wait for a connection; return it with the peer's (CID, port)."""
-        conn, raw = self.socket.accept()
-        conn.setblocking(True)
-        return conn, parse_peer(raw)
+        while True:
+            conn, raw = self.socket.accept()
+            if not is_probe(raw):
+                conn.setblocking(True)
+                return conn, parse_peer(raw)
+            conn.close()  # another process checking that this port is alive
 
     def close(self) -> None:
         """Stop listening and remove the socket file."""

@@ -169,6 +169,10 @@ def test_stale_socket_replaced_live_one_refused(nitro_home: Path) -> None:
         with pytest.raises(OSError) as caught:
             vsock.listen(7001)
         assert caught.value.errno == errno.EADDRINUSE
+        with vsock.connect(3, 7001, timeout=5) as client:  # the liveness probe is not seen
+            conn, peer = first.accept()
+            conn.close()
+            assert peer == vsock_enclave.local_address(client)
         path = first.path
     dead = socket.socket(socket.AF_UNIX)
     dead.bind(path)
@@ -243,6 +247,8 @@ def test_asyncio_both_directions(make_enclave: Callable[[int], FakeEnclave]) -> 
 
         async with await vsock.start_server(handle, 7002) as server:
             assert os.path.exists(enclave.run_dir / "parent" / "7002")
+            with pytest.raises(OSError, match="already listened on"):
+                vsock.listen(7002)  # its liveness probe must not reach handle()
             threading.Thread(target=enclave.spawn, args=("echo-parent", "7002"), daemon=True).start()
             data, peer = await asyncio.wait_for(got, 20)
             assert data == b"parent says hi" and peer[0] == 16

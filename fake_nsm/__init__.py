@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "AWS_NITRO_ROOT_G1_FINGERPRINT": "fake_nsm.aws_root",
     "AWS_NITRO_ROOT_G1_PEM": "fake_nsm.aws_root",
     "AttestationDocument": "fake_nsm.document",
+    "ChainCache": "fake_nsm.cert_chain",
     "DocumentSigner": "fake_nsm.document_signer",
     "NsmClient": "fake_nsm.client",
     "NsmDevice": "fake_nsm.device",

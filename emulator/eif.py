@@ -320,6 +320,7 @@ def read_eif(path: Path | str) -> EifImage:
                 )
             if position + SECTION_HEADER_SIZE + declared_size > file_size:
                 raise EifFormatError(path, f"section {index} runs past the end of the file (truncated?)")
+            measured: tuple[PcrHasher, ...]
             if kind == SectionType.RAMDISK:
                 measured = (image, boot) if ramdisk_count == 0 else (image, app)
                 ramdisk_count += 1

@@ -135,7 +135,9 @@ def build_eif(
     """
     if (signing_certificate is None) != (private_key is None):
         raise EifBuildError("--signing-certificate and --private-key must be given together")
-    signer = EifSigner.from_files(signing_certificate, private_key) if signing_certificate else None
+    signer = None
+    if signing_certificate is not None and private_key is not None:
+        signer = EifSigner.from_files(signing_certificate, private_key)
     output = Path(output)
     if not output.parent.is_dir():
         raise EifBuildError(f"the output directory {output.parent} does not exist")

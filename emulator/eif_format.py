@@ -181,6 +181,6 @@ def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
     return (crc1 ^ crc2) & 0xFFFFFFFF
 
 
-def crc32(data: bytes, start: int = 0) -> int:
+def crc32(data: bytes | bytearray | memoryview, start: int = 0) -> int:
     """zlib's CRC-32 (CRC-32/ISO-HDLC), continuing from ``start``."""
     return zlib.crc32(data, start) & 0xFFFFFFFF

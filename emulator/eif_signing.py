@@ -183,7 +183,7 @@ class SignatureSection:
             public_key.verify(der, _sig_structure(protected, payload), ec.ECDSA(digest))
         except InvalidSignature:
             return False
-        return payload == pcr_info_payload(pcr0)
+        return bool(payload == pcr_info_payload(pcr0))
 
 
 def _uint_array(value: Any, field: str) -> bytes:

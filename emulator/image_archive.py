@@ -20,7 +20,7 @@ import json
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import docker
 import docker.errors
@@ -100,7 +100,7 @@ def export_rootfs(client: docker.DockerClient, image_id: str, spool: BinaryIO) -
     )
     try:
         for chunk in container.export(chunk_size=_COPY_BUFFER):
-            spool.write(chunk)
+            spool.write(cast(bytes, chunk))  # the SDK yields bytes (its stubs say str)
     finally:
         container.remove(force=True)
     spool.seek(0)
@@ -150,8 +150,11 @@ def write_canonical_archive(source: BinaryIO, config: dict[str, Any], out: IO[by
             data_from[group[0]] = members[target]
             for other in group[1:]:
                 link_to[other] = group[0]
-        with tarfile.open(
-            fileobj=_Appender(out), mode="w", format=tarfile.PAX_FORMAT, copybufsize=_COPY_BUFFER
+        with tarfile.TarFile(
+            fileobj=_Appender(out),  # type: ignore[arg-type]
+            mode="w",
+            format=tarfile.PAX_FORMAT,
+            copybufsize=_COPY_BUFFER,
         ) as archive:
             payload = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
             header = tarfile.TarInfo(CONFIG_MEMBER)

@@ -1187,7 +1187,8 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
         real_close(dirfd);
     if (result != 0 && (error == ENOENT || error == ENOTDIR))
         error = ECONNREFUSED; /* no listener file: nobody serves the port */
-    if (result == 0 || error == EINPROGRESS || error == EAGAIN || error == EALREADY) {
+    /* EAGAIN (a full backlog) leaves the socket unconnected: the caller tries again */
+    if (result == 0 || error == EINPROGRESS || error == EALREADY) {
         info.state = VS_CONNECTED;
         info.peer_cid = vm.svm_cid;
         info.peer_port = vm.svm_port;

@@ -2,7 +2,8 @@
 
 The image is the base image plus ``vsock_enclave.py`` and ``vsock_peer.py`` flat in
 ``/app``; its command serves the given ``KIND:PORT`` specs. Built with the Docker SDK and
-cached by Docker under ``nitro-emu-test/vsock-peer:<hash of the sources and program>``.
+cached by Docker under ``nitro-emu-test/vsock-peer:<hash of the sources and program>``; a
+new build removes the same program's images built from older sources.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from emulator.base_image import ensure_base_image
 
 IMAGE_REPO = "nitro-emu-test/vsock-peer"
+PROGRAM_LABEL = "org.nitro-emu.vsock-peer.program"
 _SOURCES = ("vsock_enclave.py", "vsock_peer.py")
 _HERE = Path(__file__).resolve().parent
 
@@ -33,6 +35,7 @@ def peer_image(docker_client: Any, program: Sequence[str]) -> str:
     base = ensure_base_image(docker_client)
     command = ["python3", "/app/vsock_peer.py", *program]
     dockerfile = f"FROM {base}\nCOPY {' '.join(_SOURCES)} /app/\nCMD {json.dumps(command)}\n".encode()
+    program_key = hashlib.sha256(dockerfile).hexdigest()[:16]
     digest = hashlib.sha256(dockerfile)
     sources = {name: (_HERE / name).read_bytes() for name in _SOURCES}
     for name, data in sources.items():
@@ -49,8 +52,23 @@ def peer_image(docker_client: Any, program: Sequence[str]) -> str:
             _add_bytes(tar, name, data)
         _add_bytes(tar, "Dockerfile", dockerfile)
     context.seek(0)
-    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
+    docker_client.images.build(
+        fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True,
+        labels={PROGRAM_LABEL: program_key},
+    )
+    _remove_outdated(docker_client, program_key, tag)
     return tag
+
+
+def _remove_outdated(docker_client: Any, program_key: str, current: str) -> None:
+    """Remove this program's images built from older sources (they are only caches)."""
+    for image in docker_client.images.list(filters={"label": f"{PROGRAM_LABEL}={program_key}"}):
+        for tag in image.tags:
+            if tag != current and tag.startswith(IMAGE_REPO + ":"):
+                try:
+                    docker_client.images.remove(tag)
+                except Exception:  # noqa: BLE001 - in use by a running test: keep it
+                    pass
 
 
 def peer_eif(docker_client: Any, program: Sequence[str], output: Path) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from emulator.boot_blobs import boot_blobs
 from emulator.eif import write_eif
@@ -159,7 +160,7 @@ def build_eif(
             signer=signer,
             arm64=_ARCH_FLAGS[architecture],
         )
-    except docker.errors.DockerException as error:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
         raise EifBuildError(f"exporting {image!r} from the Docker engine failed ({error})") from error
     except OSError as error:
         raise EifBuildError(f"writing {output} failed ({error.strerror or error})") from error

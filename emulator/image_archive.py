@@ -24,6 +24,7 @@ from typing import IO, Any, BinaryIO, cast
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker.utils import parse_repository_tag
 
 from emulator.eif import EifImage, Section
@@ -288,7 +289,7 @@ def load_enclave_image(docker_client: docker.DockerClient, eif: EifImage) -> str
             changes=_dockerfile_changes(config, eif.measurements.pcr0.hex()),
         )
         docker_client.images.get(tag)
-    except docker.errors.DockerException as error:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
         raise EnclaveImageLoadError(
             f"importing the EIF's application image as {tag} failed ({error}); "
             "check that the Docker engine is running and has disk space"

@@ -40,8 +40,14 @@ def _build_enclave(args: argparse.Namespace) -> int:
     from emulator.docker_client import docker_client
     from emulator.eif_build import build_docker_image, build_eif, load_custom_metadata
 
+    from emulator.docker_client import EngineUnavailableError
+
     custom = load_custom_metadata(args.metadata) if args.metadata else None
-    client = docker_client()
+    try:
+        client = docker_client()
+    except EngineUnavailableError as error:
+        # nitro-cli fails at its image pull/inspect step: E50
+        raise nitro_cli_error("DockerImagePullError", detail=str(error)) from error
     try:
         if args.docker_dir:
             build_docker_image(client, Path(args.docker_dir), args.docker_uri)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -411,3 +412,22 @@ def test_ramdisk_without_config_member_is_refused(tmp_path: Path) -> None:
 @given(st.binary(max_size=300), st.binary(max_size=3000))
 def test_crc32_combine_matches_zlib(first: bytes, second: bytes) -> None:
     assert crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second)) == zlib.crc32(first + second)
+
+
+# docker.from_env() leaves its socket to the garbage collector when the engine is absent;
+# collect it here so the ResourceWarning is attributed to (and ignored by) this test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_build_enclave_without_engine_is_e50(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    status, out, err = run_cli(capsys, "build-enclave", "--docker-uri", "app", "--output-file", str(tmp_path / "a.eif"))
+    gc.collect()
+    assert status == 50 and out == "" and "no Docker engine answers" in err
+    assert not (tmp_path / "a.eif").exists()
+
+
+def test_build_enclave_with_bad_metadata_file_is_e48(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "meta.json").write_text("{oops")
+    status, _, err = run_cli(capsys, "build-enclave", "--docker-uri", "app", "--output-file",
+                             str(tmp_path / "a.eif"), "--metadata", str(tmp_path / "meta.json"))
+    assert status == 48 and "is not valid JSON" in err

@@ -2,13 +2,15 @@
 
     python -m emulator.demo            # build, run, attest, send a secret, clean up
     python -m emulator.demo --keep     # leave the enclave running and print how to stop it
+    python -m emulator.demo --purge    # also remove the cached EIF and images at the end
 
 Steps, each printed as one transcript line: make sure the local base image with Python,
 cbor2 and cryptography exists (debootstrap from Debian's packages when no registry is
 reachable; cached by tag), stage the enclave's build context, build its EIF and print the
 PCRs, run the enclave, let the parent-side client verify its attestation document against
 the test CA and the PCRs and send a sealed secret, show that a client expecting another
-build refuses, then terminate the enclave and remove the state, EIF and images it made.
+build refuses, then terminate the enclave and remove its state dir. The EIF (by image id)
+and the enclave images (by content tag) stay cached, so later runs start in seconds.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def _workspace(keep: bool) -> Iterator[Path]:
         yield Path(work)
 
 
-def run_demo(*, keep: bool = False, secret: bytes = b"correct horse battery staple") -> int:
+def run_demo(*, keep: bool = False, purge: bool = False, secret: bytes = b"correct horse battery staple") -> int:
     """Run the demo; return the exit status (0 when the round trip succeeded)."""
     from emulator.docker_client import docker_client
     from emulator.testing import EnclaveFactory, EnclaveSpec
@@ -125,19 +127,21 @@ def run_demo(*, keep: bool = False, secret: bytes = b"correct horse battery stap
         context = stage_enclave_context(work / "context")
         out.detail(f"build context staged in {context} (app.py, protocol.py, vendored nitro-emu modules)")
 
-        factory = EnclaveFactory(work / "home", docker_client=docker, cache_dir=work / "eif", worker="demo")
+        # The EIF goes to the shared cache (~/.cache/nitro-emu/eif, by image id) and the
+        # image keeps its content tag: a second run, or the tests, build nothing again.
+        factory = EnclaveFactory(work / "home", docker_client=docker, worker="demo")
         spec = EnclaveSpec(dockerfile_dir=context, build_args={"BASE": CRYPTO_IMAGE}).checked("demo")
-        made_images: list[str] = []
+        caches: list[str] = []
         try:
             out.next("build-enclave: Docker image -> EIF; the measurements are:")
             built = factory.build(spec)
-            made_images.append(built.image)
+            caches += [built.image, str(built.eif_path)]
             for index, value in sorted(built.measurements.pcrs().items()):
                 out.detail(f"PCR{index} {value.hex()}")
 
             out.next("run-enclave (not in debug mode)")
             handle = factory.start(spec, name="confidential-service")
-            made_images.append(handle.info.image_tag)
+            caches.append(handle.info.image_tag)
             out.detail(f"enclave {handle.enclave_id}, CID {handle.cid}, {handle.info.memory_mib} MiB")
 
             out.next("parent client: attest, verify, then send a sealed secret")
@@ -178,10 +182,17 @@ def run_demo(*, keep: bool = False, secret: bytes = b"correct horse battery stap
             )
             return 0
         factory.close()
-        for tag in made_images:
-            with contextlib.suppress(Exception):
-                docker.images.remove(tag, force=True)
-        print(f"cleanup: enclave terminated; removed {work} and the images {', '.join(made_images)}")
+        print(f"cleanup: enclave terminated; removed {work}")
+        if purge:
+            for cache in caches:
+                if cache.startswith("/"):
+                    Path(cache).unlink(missing_ok=True)
+                else:
+                    with contextlib.suppress(Exception):
+                        docker.images.remove(cache, force=True)
+            print(f"purged the caches: {', '.join(caches)}")
+        else:
+            print(f"kept as caches: {', '.join(caches)} (--purge removes them)")
     print("demo OK: the secret reached only the attested enclave")
     return 0
 
@@ -189,9 +200,12 @@ def run_demo(*, keep: bool = False, secret: bytes = b"correct horse battery stap
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emulator.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the enclave running at the end")
+    parser.add_argument(
+        "--purge", action="store_true", help="also remove the cached EIF and enclave images at the end"
+    )
     args = parser.parse_args(argv)
     try:
-        return run_demo(keep=args.keep)
+        return run_demo(keep=args.keep, purge=args.purge)
     except (EmulatorError, OSError) as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1

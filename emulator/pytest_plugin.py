@@ -131,13 +131,16 @@ def nitro_enclave(
     if isinstance(kwargs.get("dockerfile_dir"), (str, os.PathLike)):
         # Relative to the test module, so a test finds its enclave wherever pytest runs.
         kwargs["dockerfile_dir"] = Path(request.node.path).parent / kwargs["dockerfile_dir"]
+    problem = None
     try:
         spec = EnclaveSpec.from_arguments(marker.args, kwargs, where=where)
         handle = nitro_enclave_factory.start(spec, name=request.node.name)
     except EnclaveTestError as error:
-        pytest.fail(str(error), pytrace=False)
+        problem = str(error)
     except Exception as error:  # noqa: BLE001 - e.g. a NitroCliError from run-enclave
-        pytest.fail(f"{where}: the enclave did not start: {error}", pytrace=False)
+        problem = f"{where}: the enclave did not start: {error}"
+    if problem is not None:  # outside the except: no chained traceback in the report
+        pytest.fail(problem, pytrace=False)
     request.node.stash.setdefault(_HANDLES, []).append(handle)
     monkeypatch.setenv("NITRO_EMU_HOME", str(nitro_enclave_factory.home))
     yield handle

@@ -105,21 +105,29 @@ def _leftovers(docker_client, home: Path) -> list[str]:  # type: ignore[no-untyp
     return [c.name for c in containers] + [str(r) for r in records]
 
 
-def test_user_tests_pass_and_failures_name_their_cause(
+def test_user_tests_under_xdist_pass_and_failures_name_their_cause(
     pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, engine: None, docker_client
 ) -> None:  # type: ignore[no-untyped-def]
+    """One inner ``-n 2`` session (one session keeps this module fast) with:
+
+    a 10-line user test that passes; two parallel tests recording their enclave's CID, name
+    and state dir; a bad marker value; a Dockerfile that fails; an enclave that dies.
+    """
     _write_echo(pytester.path)
     broken = pytester.path / "broken"
     broken.mkdir()
     (broken / "Dockerfile").write_text("FROM nitro-emu/base:bookworm\nRUN echo compiling && exit 7\n")
-    pytester.makepyfile(test_user=USER_TESTS)
+    record = tmp_path_factory.mktemp("rec") / "enclaves.txt"
+    pytester.makepyfile(
+        test_user=USER_TESTS, test_parallel=XDIST_TESTS.replace("{record!r}", repr(str(record)))
+    )
     home = tmp_path_factory.mktemp("h")
 
     result = pytester.runpytest_subprocess(
-        f"--nitro-state-dir={home}", "-p", "no:cacheprovider", timeout=400
+        "-n", "2", f"--nitro-state-dir={home}", "-p", "no:cacheprovider", timeout=400
     )
 
-    result.assert_outcomes(passed=1, failed=1, errors=2)
+    result.assert_outcomes(passed=3, failed=1, errors=2)
     output = result.stdout.str()
     # A bad marker value: named, with what is allowed.
     assert "cpu_count=0 must be an integer >= 1" in output
@@ -128,27 +136,12 @@ def test_user_tests_pass_and_failures_name_their_cause(
     # An enclave that died during the test: failed, with its last output.
     assert "is no longer running (it died during the test)" in output
     assert "echo: told to die, exiting with status 3" in output
-    assert _leftovers(docker_client, home) == []
-
-
-def test_xdist_workers_get_their_own_cids_names_and_state(
-    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, engine: None, docker_client
-) -> None:  # type: ignore[no-untyped-def]
-    _write_echo(pytester.path)
-    record = tmp_path_factory.mktemp("rec") / "enclaves.txt"
-    pytester.makepyfile(test_parallel=XDIST_TESTS.replace("{record!r}", repr(str(record))))
-    home = tmp_path_factory.mktemp("x")
-
-    result = pytester.runpytest_subprocess(
-        "-n", "2", f"--nitro-state-dir={home}", "-p", "no:cacheprovider",
-        timeout=400,
-    )
-
-    result.assert_outcomes(passed=2)
+    # xdist: each worker has its own state dir; CIDs and names never repeat.
     rows = [line.split() for line in record.read_text().splitlines()]
     assert len(rows) == 2
     cids, names, homes = zip(*rows)
     assert len(set(cids)) == 2 and len(set(names)) == 2
     assert all(Path(h).parent == home and Path(h).name.startswith("gw") for h in homes)
-    for worker_home in {Path(h) for h in homes}:
+    # Nothing left running, in any worker's state dir.
+    for worker_home in home.iterdir():
         assert _leftovers(docker_client, worker_home) == []

@@ -72,6 +72,8 @@
 #define EPHEMERAL_FIRST 1024u
 #define EPHEMERAL_LAST 0x7FFFFFFFu
 #define ABSTRACT_PREFIX "nitro-emu-vsock:"
+/* A liveness probe binds this name so that listeners drop it unseen (emulator/vsock_enclave.py). */
+#define PROBE_PREFIX "nitro-emu-vsock-probe:"
 #define SO_VM_SOCKETS_BUFFER_SIZE_ 0
 #define SO_VM_SOCKETS_BUFFER_MIN_SIZE_ 1
 #define SO_VM_SOCKETS_BUFFER_MAX_SIZE_ 2
@@ -931,6 +933,16 @@ static int listener_alive(const struct sockaddr_un *addr)
     int probe = real_socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (probe < 0)
         return 1; /* cannot tell: do not remove anything */
+    struct sockaddr_un self;
+    memset(&self, 0, sizeof self);
+    self.sun_family = AF_UNIX;
+    int n = snprintf(self.sun_path + 1, sizeof self.sun_path - 1, PROBE_PREFIX "%d:%u",
+                     (int)getpid(), random_port());
+    socklen_t self_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+    if (real_bind(probe, (struct sockaddr *)&self, self_len) != 0) {
+        real_close(probe);
+        return 1;
+    }
     int alive = real_connect(probe, (const struct sockaddr *)addr, sizeof *addr) == 0 ||
                 errno == EAGAIN;
     real_close(probe);
@@ -1197,6 +1209,15 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
     return result == 0 ? 0 : fail(error);
 }
 
+/* Whether an accepted peer is a liveness probe rather than a connection. */
+static int is_probe_peer(const struct sockaddr_un *addr, socklen_t len)
+{
+    size_t head = offsetof(struct sockaddr_un, sun_path);
+    size_t prefix = sizeof PROBE_PREFIX - 1;
+    return len >= head + 1 + prefix && addr->sun_path[0] == '\0' &&
+           memcmp(addr->sun_path + 1, PROBE_PREFIX, prefix) == 0;
+}
+
 /* The (cid, port) a peer's abstract name carries, or (ANY, ANY). */
 static void decode_peer(const struct sockaddr_un *addr, socklen_t len, uint32_t *cid,
                         uint32_t *port)
@@ -1241,10 +1262,18 @@ static int vsock_accept(int fd, struct sockaddr *addr, socklen_t *len, int flags
     struct sockaddr_un peer;
     socklen_t peer_len = sizeof peer;
     memset(&peer, 0, sizeof peer);
-    int conn = plain ? accept_real(fd, (struct sockaddr *)&peer, &peer_len)
+    int conn;
+    for (;;) {
+        peer_len = sizeof peer;
+        memset(&peer, 0, sizeof peer);
+        conn = plain ? accept_real(fd, (struct sockaddr *)&peer, &peer_len)
                      : accept4_real(fd, (struct sockaddr *)&peer, &peer_len, flags);
-    if (conn < 0)
-        return conn;
+        if (conn < 0)
+            return conn;
+        if (!is_probe_peer(&peer, peer_len))
+            break;
+        real_close(conn); /* another process checking that this port is live, not a peer */
+    }
     int in_enclave;
     int64_t mine = own_cid(&in_enclave);
     struct fd_info child = {.kind = KIND_VSOCK, .state = VS_CONNECTED, .named = 1,

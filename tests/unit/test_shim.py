@@ -578,3 +578,19 @@ def test_programs_that_never_touch_nsm_or_vsock_are_unaffected(build: ShimBuild,
                             text=True, timeout=TIMEOUT)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.split() == ["hello", ".", "..", "f"]
+
+
+def test_liveness_probes_are_not_accepted_as_peers(
+    build: ShimBuild, mirror: Path, enclave_server: subprocess.Popen[str]
+) -> None:
+    """A second listener on a live port probes it; the shim's accept must skip that probe."""
+    from emulator.vsock_enclave import bind_listener
+
+    with pytest.raises(OSError) as taken:
+        bind_listener(str(mirror / "run" / str(CID) / "vsock"), 5000)
+    assert taken.value.errno == errno.EADDRINUSE
+    with vsock.connect(CID, 5000, timeout=TIMEOUT) as sock:
+        own = parse_peer(sock.getsockname())
+        sock.sendall(b"after-probe")
+        seen = json.loads(sock.recv(1000))
+    assert seen["peer"] == list(own) and seen["data"] == "after-probe"

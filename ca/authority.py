@@ -185,7 +185,7 @@ class TestCA:
                 )
             with storage.locked(self.directory):
                 self._reload_intermediates()  # another process may have renewed already
-                renewed = []
+                renewed: list[str] = []
                 for index, level in enumerate(LEVELS[1:], start=1):
                     parent = self._levels[LEVELS[index - 1]]
                     if renewed or not self._usable(level, parent, moment):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Union
 
 import cbor2
 
@@ -178,7 +178,7 @@ RESPONSE_FOR: dict[type, type] = {
 # --- shared decoding helpers -------------------------------------------------------------
 
 
-def _loads_exact(data: bytes, error: type[NsmRequestError], what: str) -> Any:
+def _loads_exact(data: bytes, error: type[NsmRequestError], what: str) -> object:
     """Decode exactly one CBOR item; trailing bytes are an error, as in serde_cbor::from_slice."""
     if not data:
         raise error(f"empty {what}")
@@ -192,7 +192,7 @@ def _loads_exact(data: bytes, error: type[NsmRequestError], what: str) -> Any:
     return value
 
 
-def _split_variant(value: Any, error: type[NsmRequestError], what: str) -> tuple[str, Any, bool]:
+def _split_variant(value: object, error: type[NsmRequestError], what: str) -> tuple[str, object, bool]:
     """Return (variant name, body, is_unit_form) of a serde enum: a text or a one-entry map."""
     if isinstance(value, str):
         return value, None, True
@@ -203,31 +203,31 @@ def _split_variant(value: Any, error: type[NsmRequestError], what: str) -> tuple
     raise error(f"{what} must be a variant name (text) or a one-entry map {{name: fields}}")
 
 
-def _fields(body: Any, variant: str, error: type[NsmRequestError]) -> Mapping[Any, Any]:
+def _fields(body: object, variant: str, error: type[NsmRequestError]) -> Mapping[object, object]:
     if not isinstance(body, Mapping):
         raise error(f"{variant} needs a map of fields, got {type(body).__name__}")
     return body
 
 
-def _required(fields: Mapping[Any, Any], name: str, variant: str, err: type[NsmRequestError]) -> Any:
+def _required(fields: Mapping[object, object], name: str, variant: str, err: type[NsmRequestError]) -> object:
     if name not in fields:
         raise err(f"{variant} is missing its field {name!r}")
     return fields[name]
 
 
-def _u16(value: Any, name: str, variant: str, err: type[NsmRequestError]) -> int:
+def _u16(value: object, name: str, variant: str, err: type[NsmRequestError]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U16_MAX:
         raise err(f"{variant}.{name} must be an unsigned 16-bit integer, got {value!r:.40}")
     return value
 
 
-def _bytes(value: Any, name: str, variant: str, err: type[NsmRequestError]) -> bytes:
+def _bytes(value: object, name: str, variant: str, err: type[NsmRequestError]) -> bytes:
     if not isinstance(value, bytes):
         raise err(f"{variant}.{name} must be a byte string, got {type(value).__name__}")
     return value
 
 
-def _optional_bytes(fields: Mapping[Any, Any], name: str, variant: str, err: type[NsmRequestError]) -> bytes | None:
+def _optional_bytes(fields: Mapping[object, object], name: str, variant: str, err: type[NsmRequestError]) -> bytes | None:
     value = fields.get(name)
     if value is None or value is cbor2.undefined:
         return None
@@ -265,25 +265,25 @@ def decode_request(data: bytes) -> Request:
     return decoder(_fields(body, name, err))
 
 
-def _decode_describe_pcr(f: Mapping[Any, Any]) -> Request:
+def _decode_describe_pcr(f: Mapping[object, object]) -> Request:
     return DescribePCR(_u16(_required(f, "index", "DescribePCR", InvalidArgument), "index", "DescribePCR", InvalidArgument))
 
 
-def _decode_extend_pcr(f: Mapping[Any, Any]) -> Request:
+def _decode_extend_pcr(f: Mapping[object, object]) -> Request:
     err = InvalidArgument
     index = _u16(_required(f, "index", "ExtendPCR", err), "index", "ExtendPCR", err)
     return ExtendPCR(index, _bytes(_required(f, "data", "ExtendPCR", err), "data", "ExtendPCR", err))
 
 
-def _decode_lock_pcr(f: Mapping[Any, Any]) -> Request:
+def _decode_lock_pcr(f: Mapping[object, object]) -> Request:
     return LockPCR(_u16(_required(f, "index", "LockPCR", InvalidArgument), "index", "LockPCR", InvalidArgument))
 
 
-def _decode_lock_pcrs(f: Mapping[Any, Any]) -> Request:
+def _decode_lock_pcrs(f: Mapping[object, object]) -> Request:
     return LockPCRs(_u16(_required(f, "range", "LockPCRs", InvalidArgument), "range", "LockPCRs", InvalidArgument))
 
 
-def _decode_attestation(f: Mapping[Any, Any]) -> Request:
+def _decode_attestation(f: Mapping[object, object]) -> Request:
     err = InvalidArgument
     return Attestation(
         user_data=_optional_bytes(f, "user_data", "Attestation", err),
@@ -306,7 +306,7 @@ def encode_request(request: Request) -> bytes:
     if isinstance(request, (DescribeNSM, GetRandom)):
         return cbor2.dumps(type(request).__name__)
     if isinstance(request, DescribePCR):
-        body: dict[str, Any] = {"index": request.index}
+        body: dict[str, object] = {"index": request.index}
     elif isinstance(request, ExtendPCR):
         body = {"index": request.index, "data": bytes(request.data)}
     elif isinstance(request, LockPCR):
@@ -390,7 +390,7 @@ def decode_response(data: bytes) -> Response:
     raise err(f"unknown reply {name!r:.60}")
 
 
-def _decode_describe_nsm(f: Mapping[Any, Any]) -> DescribeNSMResponse:
+def _decode_describe_nsm(f: Mapping[object, object]) -> DescribeNSMResponse:
     err, name = InvalidResponse, "DescribeNSM"
     numbers = {
         key: _u16(_required(f, key, name, err), key, name, err)

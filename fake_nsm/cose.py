@@ -75,7 +75,7 @@ class CoseSign1:
     """
 
     protected: bytes
-    unprotected: Mapping[Any, Any]
+    unprotected: Mapping[object, object]
     payload: bytes
     signature: bytes
 
@@ -167,7 +167,7 @@ def decode_cose_sign1(data: bytes) -> CoseSign1:
 _ES384_ONLY = b"\xa1\x01\x38\x22"  # {1: -35}, the protected header of every Nitro document
 
 
-def _check_protected_header(protected: bytes, unprotected: Mapping[Any, Any]) -> None:
+def _check_protected_header(protected: bytes, unprotected: Mapping[object, object]) -> None:
     if protected == _ES384_ONLY and not unprotected:
         return
     headers = decode_cbor(protected, "the COSE protected header") if protected else {}

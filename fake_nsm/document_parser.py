@@ -8,7 +8,6 @@ closed, and the document is our trust decision's input.
 
 from __future__ import annotations
 
-from typing import Any
 
 from fake_nsm.cose import decode_cbor
 from fake_nsm.document import PAYLOAD_KEYS, AttestationDocument
@@ -68,13 +67,13 @@ def parse_attestation_payload(payload: bytes, *, strict: bool = False) -> Attest
     )
 
 
-def _module_id(value: Any) -> str:
+def _module_id(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise MalformedDocumentError(f"module_id must be non-empty text, got {_shown(value)}")
     return value
 
 
-def _digest(value: Any) -> str:
+def _digest(value: object) -> str:
     if not isinstance(value, str):
         raise MalformedDocumentError(f"digest must be text, got {_shown(value)}")
     if value != "SHA384":
@@ -82,7 +81,7 @@ def _digest(value: Any) -> str:
     return value
 
 
-def _timestamp(value: Any) -> int:
+def _timestamp(value: object) -> int:
     if type(value) is not int or not 0 < value <= MAX_TIMESTAMP:
         raise MalformedDocumentError(
             f"timestamp must be an unsigned integer > 0 (ms since the epoch), got {_shown(value)}"
@@ -90,7 +89,7 @@ def _timestamp(value: Any) -> int:
     return value
 
 
-def _pcrs(value: Any) -> dict[int, bytes]:
+def _pcrs(value: object) -> dict[int, bytes]:
     if not isinstance(value, dict):
         raise MalformedDocumentError(f"pcrs must be a map, got {_shown(value)}")
     if not 1 <= len(value) <= MAX_PCRS:
@@ -107,7 +106,7 @@ def _pcrs(value: Any) -> dict[int, bytes]:
     return pcrs
 
 
-def _cabundle(value: Any) -> tuple[bytes, ...]:
+def _cabundle(value: object) -> tuple[bytes, ...]:
     if not isinstance(value, list) or not value:
         raise MalformedDocumentError(
             f"cabundle must be a non-empty array of certificates, got {_shown(value)}"
@@ -118,11 +117,11 @@ def _cabundle(value: Any) -> tuple[bytes, ...]:
     )
 
 
-def _optional(name: str, value: Any, minimum: int, maximum: int) -> bytes | None:
+def _optional(name: str, value: object, minimum: int, maximum: int) -> bytes | None:
     return None if value is None else _bytes(name, value, minimum, maximum)
 
 
-def _bytes(name: str, value: Any, minimum: int, maximum: int) -> bytes:
+def _bytes(name: str, value: object, minimum: int, maximum: int) -> bytes:
     if not isinstance(value, bytes):
         raise MalformedDocumentError(f"{name} must be a byte string, got {_shown(value)}")
     if not minimum <= len(value) <= maximum:
@@ -132,7 +131,7 @@ def _bytes(name: str, value: Any, minimum: int, maximum: int) -> bytes:
     return value
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     """A short description of a bad value for an error message."""
     if isinstance(value, (bytes, str, list, dict)):
         return f"{type(value).__name__} of length {len(value)}"

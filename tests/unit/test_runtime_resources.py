@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -226,3 +228,20 @@ def test_explain_prints_nitro_cli_text(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["explain", "--error-code", "E26"]) == 0
     assert "Insufficient memory requested" in capsys.readouterr().out
     assert main(["explain", "--error-code", "E99"]) == 3
+
+
+def test_a_dead_engine_is_one_nitro_cli_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from emulator.cli import main
+
+    monkeypatch.setenv("NITRO_EMU_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with warnings.catch_warnings():
+        # docker-py leaves the socket of a refused connection unclosed; collect it here.
+        warnings.simplefilter("ignore", ResourceWarning)
+        status = main(["run-enclave", "--eif-path", str(tmp_path / "a.eif"), "--memory", "512", "--cpu-count", "1"])
+        gc.collect()
+    err = capsys.readouterr().err
+    assert status == 36
+    assert err.startswith("[ E36 ]") and "no Docker engine answers" in err and "Traceback" not in err
+    assert not (tmp_path / "h" / "enclaves").exists() or not any((tmp_path / "h" / "enclaves").iterdir())

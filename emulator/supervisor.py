@@ -348,6 +348,7 @@ def spawn_forked(settings: Settings, enclave: EnclaveInfo, log: Path) -> tuple[i
             os.setsid()
             if os.fork() > 0:
                 os._exit(0)
+            os.chdir("/")  # hold no directory of the caller busy
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(log_fd, 1)

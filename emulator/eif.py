@@ -328,9 +328,11 @@ def read_eif(path: Path | str) -> EifImage:
                 measured = (image, boot)
             else:
                 measured = ()
-                if declared_size > _SMALL_SECTION_LIMIT:
-                    raise EifFormatError(path, f"section {index} ({SectionType(kind).name}) is too large")
             keep = kind in (SectionType.METADATA, SectionType.SIGNATURE, SectionType.CMDLINE)
+            if keep and declared_size > _SMALL_SECTION_LIMIT:
+                raise EifFormatError(
+                    path, f"section {index} ({SectionType(kind).name}) has {declared_size} bytes, too large"
+                )
             kept = bytearray()
             remaining = declared_size
             while remaining:

@@ -431,3 +431,10 @@ def test_build_enclave_with_bad_metadata_file_is_e48(tmp_path: Path, capsys: pyt
     status, _, err = run_cli(capsys, "build-enclave", "--docker-uri", "app", "--output-file",
                              str(tmp_path / "a.eif"), "--metadata", str(tmp_path / "meta.json"))
     assert status == 48 and "is not valid JSON" in err
+
+
+def test_oversized_small_section_is_refused_not_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "a.eif"
+    write_eif(path, kernel=KERNEL, cmdline=b"x" * ((16 << 20) + 1), metadata=METADATA, ramdisks=(BOOT,))
+    with pytest.raises(EifFormatError, match=r"section 1 \(CMDLINE\) has 16777217 bytes, too large"):
+        read_eif(path)

@@ -126,7 +126,8 @@ def main() -> int:
         tag = build_image(client, ensure_base_image(client))
         eif = Path(scratch) / "bench.eif"
         build_eif(client, tag, eif)
-        memory = -(-eif.stat().st_size // (1 << 20)) * 4
+        eif_size = eif.stat().st_size
+        memory = -(-eif_size // (1 << 20)) * 4
         run_enclave_once(client, eif, memory)  # warm-up: image import, CA creation, EIF cache
         run_baseline(client, tag)
         enclave, baseline = [], []
@@ -134,7 +135,7 @@ def main() -> int:
             baseline.append(run_baseline(client, tag))
             enclave.append(run_enclave_once(client, eif, memory))
     p50_enclave, p50_baseline = statistics.median(enclave), statistics.median(baseline)
-    print(f"runs: {options.runs} each, alternating; EIF {eif.stat().st_size if eif.exists() else 0} bytes")
+    print(f"runs: {options.runs} each, alternating; EIF {eif_size} bytes, --memory {memory} MiB")
     print(f"run-enclave -> first NSM answer: p50 {p50_enclave:.3f} s (min {min(enclave):.3f}, max {max(enclave):.3f})")
     print(f"bare docker run -> first output: p50 {p50_baseline:.3f} s (min {min(baseline):.3f}, max {max(baseline):.3f})")
     ratio = p50_enclave / p50_baseline

@@ -103,7 +103,7 @@ class EnclaveBuilder:
 
     def build_image(self, directory: Path, *, build_args: Mapping[str, str] | None = None) -> str:
         """The tag of the image built from ``directory`` (built now if this content is new)."""
-        from emulator.testing import EnclaveBuildError
+        from emulator.enclave_spec import EnclaveBuildError
 
         import docker.errors
 
@@ -136,7 +136,7 @@ class EnclaveBuilder:
     def from_image(self, image: str) -> BuiltEnclave:
         """The EIF of a local image (built into the cache unless its id was built before)."""
         from emulator.eif import build_eif, read_eif
-        from emulator.testing import EnclaveBuildError
+        from emulator.enclave_spec import EnclaveBuildError
 
         import docker.errors
 

@@ -245,7 +245,7 @@ def _ranges(ids: Sequence[int]) -> str:
         return "none"
     parts: list[str] = []
     start = prev = ids[0]
-    for cpu in list(ids[1:]) + [None]:  # type: ignore[list-item]
+    for cpu in [*ids[1:], None]:
         if cpu is not None and cpu == prev + 1:
             prev = cpu
             continue

@@ -57,6 +57,9 @@ from emulator.nitro_cli_errors import nitro_cli_error
 from emulator.reaper import cleanup_enclave, log_path, reap
 from emulator.settings import Settings, get_settings
 
+# Console streaming and exit reasons live next door; re-exported as part of this API.
+from emulator.enclave_console import exit_reason, pop_exit_notices, stream_console  # noqa: E402
+
 if TYPE_CHECKING:
     import docker
 
@@ -64,9 +67,13 @@ __all__ = [
     "EnclaveInfo",
     "describe_enclaves",
     "enclave_logs",
+    "exit_reason",
     "find_enclave",
+    "pop_exit_notices",
+    "reap_now",
     "run_enclave",
     "running_enclave",
+    "stream_console",
     "terminate_all",
     "terminate_enclave",
 ]
@@ -398,112 +405,13 @@ def enclave_logs(enclave_id: str, *, client: docker.DockerClient | None = None) 
 
         with contextlib.suppress(docker.errors.NotFound):
             raw = _client(client).containers.get(record.container_id).logs()
-            return raw.decode("utf-8", "replace")
+            return str(raw.decode("utf-8", "replace"))
     path = log_path(settings, enclave_id)
     if path.exists():
         return path.read_text(errors="replace")
     raise nitro_cli_error(
         "SocketError", detail=f"No enclave with the id {enclave_id!r} ran in {settings.home}."
     )
-
-
-def exit_reason(enclave_id: str) -> str | None:
-    """The first line of a finished enclave's log (why it ended), if it ended."""
-    path = log_path(get_settings(), enclave_id)
-    try:
-        first = path.read_text(errors="replace").splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    return first.split(" ended: ", 1)[-1]
-
-
-def stream_console(
-    info: EnclaveInfo,
-    write: Callable[[bytes], object],
-    *,
-    disconnect_timeout: float | None = None,
-    client: docker.DockerClient | None = None,
-) -> str | None:
-    """Copy a debug-mode enclave's output to ``write`` as it comes (``nitro-cli console``).
-
-    Returns why the enclave ended when it ended, or None when ``disconnect_timeout``
-    seconds passed first. Raises E44 for an enclave not started in debug mode.
-    """
-    import threading
-
-    import docker.errors
-
-    if not info.debug_mode:
-        raise nitro_cli_error(
-            "EnclaveConsoleConnectionFailure",
-            detail=("The enclave was not started with the debug flag set, include '--debug-mode' "
-                    "in the run-enclave command."),
-        )
-    docker_client = _client(client)
-    try:
-        container = docker_client.containers.get(info.container_id or "")
-        stream = container.logs(stream=True, follow=True)
-    except docker.errors.NotFound:
-        return _await_exit_reason(info.enclave_id)
-    except docker.errors.APIError as error:
-        raise nitro_cli_error("EnclaveConsoleConnectionFailure", detail=str(error.explanation or error)) from error
-    ended = threading.Event()
-
-    def pump() -> None:
-        try:
-            for chunk in stream:
-                write(chunk)
-        except Exception:  # noqa: BLE001 - a closed stream ends the copy, as EOF does
-            pass
-        finally:
-            ended.set()
-
-    thread = threading.Thread(target=pump, name="console", daemon=True)
-    thread.start()
-    if not ended.wait(disconnect_timeout):
-        with contextlib.suppress(Exception):
-            stream.close()
-        thread.join(2.0)
-        return None
-    thread.join(2.0)
-    return _await_exit_reason(info.enclave_id)
-
-
-def _await_exit_reason(enclave_id: str, timeout: float = 10.0) -> str | None:
-    """The exit reason the supervisor writes just after its container stops."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reason = exit_reason(enclave_id)
-        if reason is not None:
-            return reason
-        time.sleep(0.05)
-    return None
-
-
-def pop_exit_notices() -> list[tuple[str, str]]:
-    """(enclave id, why it ended) of enclaves that ended since the last call in this home."""
-    settings = get_settings()
-    marker = settings.logs_dir / ".noticed"
-    try:
-        since = marker.stat().st_mtime_ns
-    except FileNotFoundError:
-        since = 0
-    if not settings.logs_dir.is_dir():
-        return []
-    notices = []
-    newest = since
-    for path in sorted(settings.logs_dir.glob("*.log"), key=lambda p: p.stat().st_mtime_ns):
-        mtime = path.stat().st_mtime_ns
-        if mtime <= since:
-            continue
-        newest = max(newest, mtime)
-        reason = exit_reason(path.stem)
-        if reason is not None:
-            notices.append((path.stem, reason))
-    if newest > since:
-        marker.touch()
-        os.utime(marker, ns=(newest, newest))
-    return notices
 
 
 def reap_now() -> list[str]:

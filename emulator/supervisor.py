@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from emulator.enclave_state import (
     STATE_RUNNING,
@@ -131,9 +132,9 @@ class Supervisor:
         self.wake = threading.Event()
         self.terminate_requested = False
         self.exit_status: dict[str, object] | None = None
-        self._server = None  # fake_nsm.server.NsmServer
-        self._client = None  # docker.DockerClient
-        self._container = None
+        self._server: Any = None  # fake_nsm.server.NsmServer
+        self._client: Any = None  # docker.DockerClient
+        self._container: Any = None
 
     # --- start -------------------------------------------------------------------------------
 

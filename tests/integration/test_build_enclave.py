@@ -6,6 +6,7 @@ import contextlib
 import functools
 import io
 import json
+import tarfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
@@ -198,3 +199,35 @@ def test_missing_image_is_e50_and_writes_nothing(docker_client, tmp_path: Path) 
         build_eif(docker_client, image, tmp_path / "x.eif")
     assert caught.value.code == 50 and image in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_load_round_trips_awkward_config_values(docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Env/Cmd/WorkingDir values that Dockerfile syntax must escape survive the import."""
+    from emulator.eif import write_eif
+    from emulator.image_archive import write_canonical_archive
+
+    config = {
+        "Entrypoint": ["python3", "-c"], "Cmd": ['print("a b")'], "User": "1000:1000", "WorkingDir": "/w d",
+        "Env": ["PRICE=5$ each", 'Q=say "hi"', "B=back\\slash", "U=café", "E=", "PATH=/usr/bin:/bin"],
+    }
+    rootfs = io.BytesIO()
+    with tarfile.open(fileobj=rootfs, mode="w") as archive:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"hi"))
+    rootfs.seek(0)
+    ramdisk = io.BytesIO()
+    write_canonical_archive(rootfs, config, ramdisk)
+    blobs = boot_blobs()
+    write_eif(tmp_path / "x.eif", kernel=blobs.kernel, cmdline=blobs.cmdline, metadata=b"{}",
+              ramdisks=(blobs.boot_ramdisk, ramdisk.getvalue()))
+    eif = read_eif(tmp_path / "x.eif")
+    tag = enclave_image_tag(eif)
+    try:
+        assert load_enclave_image(docker_client, eif) == tag
+        loaded = docker_client.images.get(tag).attrs["Config"]
+        assert {key: loaded[key] for key in config} == config
+        assert loaded["Labels"]["org.nitro-emu.pcr0"] == eif.measurements.pcr0.hex()
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(tag, force=True)

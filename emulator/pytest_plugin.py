@@ -36,7 +36,7 @@ KEEP_CHOICES = ("never", "failed", "always")
 MARKER = "nitro_enclave"
 _HANDLES = pytest.StashKey[list]()
 _REPORTS = pytest.StashKey[dict]()
-_KEPT = pytest.StashKey[list]()
+_KEPT = pytest.StashKey[list]()  # (enclave id, summary line)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -98,7 +98,7 @@ def nitro_enclave_factory(request: pytest.FixtureRequest, nitro_state_dir: Path)
     cache = request.config.getoption("--nitro-cache-dir")
     factory = EnclaveFactory(nitro_state_dir, cache_dir=Path(cache) if cache else None, worker=_worker())
     yield factory
-    kept = {handle.enclave_id for handle in request.config.stash.get(_KEPT, [])}
+    kept = {enclave_id for enclave_id, _ in request.config.stash.get(_KEPT, [])}
     factory.close(keep=frozenset(kept))
 
 
@@ -149,9 +149,28 @@ def nitro_enclave(
     failed = any(report.failed for report in reports.values())
     if keep == "always" or (keep == "failed" and failed):
         if handle.is_running():
-            request.config.stash[_KEPT].append(handle)
+            _keep(request.config, handle)
             return
     handle.terminate()
+
+
+def _keep(config: pytest.Config, handle: EnclaveHandle) -> None:
+    """Record a kept enclave for the terminal summary (sent to the xdist controller too)."""
+    line = (
+        f"{handle.name}: cid {handle.cid}, id {handle.enclave_id}; stop it with "
+        f"NITRO_EMU_HOME={handle.home} nitro-emu terminate-enclave --enclave-id {handle.enclave_id}"
+    )
+    config.stash[_KEPT].append((handle.enclave_id, line))
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller prints the summary
+        workeroutput.setdefault("nitro_emu_kept", []).append(line)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: collect the enclaves a worker kept."""
+    lines = getattr(node, "workeroutput", {}).get("nitro_emu_kept", [])
+    node.config.stash.setdefault(_KEPT, []).extend(("", line) for line in lines)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -196,9 +215,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     kept = config.stash.get(_KEPT, [])
     if not kept:
         return
+    if getattr(config, "workeroutput", None) is not None:
+        return  # an xdist worker: the controller prints them
     terminalreporter.section("nitro-emu: enclaves left running (--nitro-keep)")
-    for handle in kept:
-        terminalreporter.write_line(
-            f"{handle.name}: cid {handle.cid}, id {handle.enclave_id}; stop it with "
-            f"NITRO_EMU_HOME={handle.home} nitro-emu terminate-enclave --enclave-id {handle.enclave_id}"
-        )
+    for _, line in kept:
+        terminalreporter.write_line(line)

@@ -49,6 +49,10 @@ def test_echo(nitro_enclave):
     assert document.pcrs[0] == nitro_enclave.measurements[0]
     assert "listening" in nitro_enclave.logs()
 
+@pytest.mark.nitro_enclave(dockerfile_dir="echo")
+def test_assertion_fails(nitro_enclave):
+    assert nitro_enclave.cid < 0, "deliberately failing"
+
 @pytest.mark.nitro_enclave(dockerfile_dir="echo", cpu_count=0)
 def test_bad_marker(nitro_enclave):
     pass
@@ -105,13 +109,25 @@ def _leftovers(docker_client, home: Path) -> list[str]:  # type: ignore[no-untyp
     return [c.name for c in containers] + [str(r) for r in records]
 
 
+def _terminate_kept(line: str) -> None:
+    """Stop the enclave a summary line names (``NITRO_EMU_HOME=... ... --enclave-id ID``)."""
+    from emulator.runtime import terminate_enclave
+    from emulator.testing import home_env
+
+    home = line.split("NITRO_EMU_HOME=", 1)[1].split()[0]
+    enclave_id = line.rsplit("--enclave-id ", 1)[1].strip()
+    with home_env(Path(home)):
+        assert terminate_enclave(enclave_id).enclave_id == enclave_id
+
+
 def test_user_tests_under_xdist_pass_and_failures_name_their_cause(
     pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, engine: None, docker_client
 ) -> None:  # type: ignore[no-untyped-def]
     """One inner ``-n 2`` session (one session keeps this module fast) with:
 
     a 10-line user test that passes; two parallel tests recording their enclave's CID, name
-    and state dir; a bad marker value; a Dockerfile that fails; an enclave that dies.
+    and state dir; a failing test whose enclave ``--nitro-keep=failed`` keeps; a bad marker
+    value; a Dockerfile that fails; an enclave that dies.
     """
     _write_echo(pytester.path)
     broken = pytester.path / "broken"
@@ -124,11 +140,17 @@ def test_user_tests_under_xdist_pass_and_failures_name_their_cause(
     home = tmp_path_factory.mktemp("h")
 
     result = pytester.runpytest_subprocess(
-        "-n", "2", f"--nitro-state-dir={home}", "-p", "no:cacheprovider", timeout=400
+        "-n", "2", f"--nitro-state-dir={home}", "--nitro-keep=failed", "-p", "no:cacheprovider", timeout=400
     )
 
-    result.assert_outcomes(passed=3, failed=1, errors=2)
+    result.assert_outcomes(passed=3, failed=2, errors=2)
     output = result.stdout.str()
+    # A failed test shows its enclave's output, and --nitro-keep=failed kept that enclave.
+    assert "nitro-emu enclave test_assertion_fails-gw" in output and "echo: listening on 5000" in output
+    summary = output.split("nitro-emu: enclaves left running (--nitro-keep)", 1)[1]
+    kept = [line for line in summary.splitlines() if "terminate-enclave --enclave-id" in line]
+    assert len(kept) == 1 and kept[0].startswith("test_assertion_fails-gw")
+    _terminate_kept(kept[0])
     # A bad marker value: named, with what is allowed.
     assert "cpu_count=0 must be an integer >= 1" in output
     # A Dockerfile that does not build: the cause and the build's last lines.

@@ -123,6 +123,8 @@ def run_demo(*, keep: bool = False, purge: bool = False, secret: bytes = b"corre
     docker = docker_client()
     with _workspace(keep) as work:
         out.next(f"base image {CRYPTO_IMAGE} (Debian bookworm: python3, cbor2, cryptography)")
+        if not docker.images.list(name=CRYPTO_IMAGE):
+            out.detail("not built yet: debootstrap from Debian's packages (about 2 minutes, once)")
         ensure_crypto_image(docker)
         context = stage_enclave_context(work / "context")
         out.detail(f"build context staged in {context} (app.py, protocol.py, vendored nitro-emu modules)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import stat
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -180,19 +179,18 @@ def test_files_and_modes(test_ca: TestCA, ca_dir: Path) -> None:
     assert b"PRIVATE" not in (ca_dir / "root.crt").read_bytes()
 
 
-def test_reload_keeps_everything_and_is_fast(test_ca: TestCA, ca_dir: Path, clock: FakeClock) -> None:
+def test_reload_keeps_everything(test_ca: TestCA, ca_dir: Path, clock: FakeClock) -> None:
+    """Reloading reuses every key and certificate (no key generation: that is what is slow)."""
     assert test_ca.created
     before = [cert for _, cert in test_ca.certificates()]
-    timings = []
-    for _ in range(5):
-        started = time.perf_counter()
+    files = {path.name: path.read_bytes() for path in ca_dir.iterdir()}
+    for _ in range(3):
         again = TestCA.load_or_create(ca_dir, clock=clock)
         again.issue_leaf(ENCLAVE)
-        timings.append(time.perf_counter() - started)
     assert not again.created and again.renewed == ()
     assert [cert for _, cert in again.certificates()] == before
     assert again.instance_id == test_ca.instance_id and again.region == "us-east-1"
-    assert min(timings) < 0.05, timings  # milliseconds, with room for a busy machine
+    assert {path.name: path.read_bytes() for path in ca_dir.iterdir()} == files
 
 
 def test_load_without_ca_says_how_to_create_one(ca_dir: Path) -> None:

@@ -5,7 +5,6 @@ nitro-facts §2.1 (syntax and sizes), §2.3-2.4 (chain constraints), §2.2 (COSE
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -64,7 +63,6 @@ def test_flipping_any_single_byte_fails_verification(ca, definite: bool) -> None
     )
     cache = ChainCache()
     verify_attestation_document(data, trusted_roots=[ca.root_pem], at=NOW, chain_cache=cache)
-    started = time.monotonic()
     survivors = []
     for position in range(len(data)):  # every byte: header, payload, signature
         flipped = bytearray(data)
@@ -77,8 +75,8 @@ def test_flipping_any_single_byte_fails_verification(ca, definite: bool) -> None
             continue
         survivors.append(position)
     assert survivors == [], f"byte flips at {survivors} still verified"
-    # One ECDSA verify per flip thanks to the chain cache; generous for a loaded machine.
-    assert time.monotonic() - started < 60
+    # No tampered chain was ever cached as verified (the cache is also what keeps this fast).
+    assert len(cache) == 1
 
 
 @pytest.mark.parametrize("definite", [True, False], ids=["definite-map", "indefinite-map"])

@@ -19,7 +19,7 @@ import datetime
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emulator.enclave_container import LABEL_ENCLAVE_ID, LABEL_HOME, LABEL_SUPERVISOR_PID
 from emulator.enclave_state import (
@@ -64,23 +64,36 @@ def write_exit_log(
     return path
 
 
+def _list_containers(client: docker.DockerClient, labels: list[str]) -> list[dict[str, Any]]:
+    """Containers with all these labels (low-level: no per-container inspect that can race)."""
+    return list(client.api.containers(all=True, filters={"label": labels}))
+
+
+def _remove(client: docker.DockerClient, container_id: str) -> bool:
+    import docker.errors
+
+    try:
+        client.api.remove_container(container_id, force=True)
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as error:
+        if "already in progress" not in str(error):
+            logger.warning("cannot remove container %s: %s", container_id[:12], error)
+        return False
+    return True
+
+
 def remove_containers(client: docker.DockerClient, settings: Settings, enclave_id: str) -> None:
     """Force-remove this home's containers of one enclave (there is at most one)."""
     import docker.errors
 
-    filters = {"label": [f"{LABEL_HOME}={settings.home}", f"{LABEL_ENCLAVE_ID}={enclave_id}"]}
     try:
-        containers = client.containers.list(all=True, filters=filters)
+        found = _list_containers(client, [f"{LABEL_HOME}={settings.home}", f"{LABEL_ENCLAVE_ID}={enclave_id}"])
     except docker.errors.DockerException as error:
         logger.warning("cannot list containers of %s: %s", enclave_id, error)
         return
-    for container in containers:
-        with contextlib.suppress(docker.errors.NotFound):
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError as error:
-                if "already in progress" not in str(error):
-                    logger.warning("cannot remove container %s: %s", container.id[:12], error)
+    for container in found:
+        _remove(client, container["Id"])
 
 
 def remove_dirs(settings: Settings, enclave_id: str, cid: int | None) -> None:
@@ -146,17 +159,16 @@ def _reap_containers(settings: Settings, client: docker.DockerClient, live_ids: 
     import docker.errors
 
     try:
-        containers = client.containers.list(all=True, filters={"label": f"{LABEL_HOME}={settings.home}"})
+        found = _list_containers(client, [f"{LABEL_HOME}={settings.home}"])
     except docker.errors.DockerException as error:
         logger.warning("cannot list this home's containers: %s", error)
         return []
     removed: list[str] = []
-    for container in containers:
-        labels = container.labels or {}
+    for container in found:
+        labels = container.get("Labels") or {}
         enclave_id = labels.get(LABEL_ENCLAVE_ID, "")
         if enclave_id in live_ids and _pid_alive(labels.get(LABEL_SUPERVISOR_PID)):
             continue
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            container.remove(force=True)
+        if _remove(client, container["Id"]):
             removed.append(enclave_id)
     return removed

@@ -123,10 +123,10 @@ def _leftovers(home: Path) -> list[str]:
     found: list[str] = []
     client = docker.from_env()
     try:
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL_HOME}={home}"}):
-            found.append(f"container {container.name}")
+        for container in client.api.containers(all=True, filters={"label": f"{LABEL_HOME}={home}"}):
+            found.append(f"container {container['Names']}")
             with contextlib.suppress(Exception):
-                container.remove(force=True)
+                client.api.remove_container(container["Id"], force=True)
     finally:
         client.close()
     for record in list_records(settings):
@@ -173,7 +173,7 @@ def _leftovers_quiet(home: Path) -> bool:
     settings = Settings(home=home)
     client = docker.from_env()
     try:
-        if client.containers.list(all=True, filters={"label": f"{LABEL_HOME}={home}"}):
+        if client.api.containers(all=True, filters={"label": f"{LABEL_HOME}={home}"}):
             return True
     finally:
         client.close()

@@ -132,6 +132,11 @@ def test_enclaves_are_isolated_and_attested_as_built(  # type: ignore[no-untyped
         assert document.pcrs[8] == bytes(48)  # unsigned EIF
         assert document.pcrs[4] == instance_pcr(enclave["EnclaveID"].split("-enc")[0])
 
+    status, out, _ = cli(capsys, "console", "--enclave-id", run["EnclaveID"], "--disconnect-timeout", "1")
+    assert status == 0
+    assert out.startswith("Connecting to the console for enclave 16...\nSuccessfully connected to the console.\n")
+    assert "FACTS " in out
+
     status, out, err = cli(capsys, "terminate-enclave", "--enclave-name", "probe_1")
     assert status == 0 and json.loads(out) == {
         "EnclaveName": "probe_1", "EnclaveID": production["EnclaveID"], "Terminated": True}
@@ -172,10 +177,10 @@ def test_a_killed_supervisor_takes_its_container_along(  # type: ignore[no-untyp
     eif, _ = probe_eif
     info = run_enclave(eif, memory_mib=minimum_memory(eif), cpu_count=1)
     label = {"label": f"org.nitro-emu.home={nitro_home}"}
-    assert len(docker_client.containers.list(filters=label)) == 1
+    assert len(docker_client.api.containers(filters=label)) == 1
     os.kill(info.process_id, signal.SIGKILL)
     killed = time.monotonic()
-    while docker_client.containers.list(all=True, filters=label):
+    while docker_client.api.containers(all=True, filters=label):
         assert time.monotonic() - killed < 5.0, "the container outlived its supervisor by 5 s"
         time.sleep(0.05)
     deadline = time.monotonic() + 5

@@ -139,10 +139,25 @@ def test_user_tests_under_xdist_pass_and_failures_name_their_cause(
     )
     home = tmp_path_factory.mktemp("h")
 
-    result = pytester.runpytest_subprocess(
-        "-n", "2", f"--nitro-state-dir={home}", "--nitro-keep=failed", "-p", "no:cacheprovider", timeout=400
-    )
+    try:
+        result = pytester.runpytest_subprocess(
+            "-n", "2", f"--nitro-state-dir={home}", "--nitro-keep=failed", "-p", "no:cacheprovider", timeout=400
+        )
+        _check_session(result, home, record, docker_client)
+    finally:
+        _terminate_all(home)  # the kept enclave, even when a check above failed
 
+
+def _terminate_all(home: Path) -> None:
+    from emulator.runtime import terminate_all
+    from emulator.testing import home_env
+
+    for worker_home in home.iterdir():
+        with home_env(worker_home):
+            terminate_all()
+
+
+def _check_session(result: pytest.RunResult, home: Path, record: Path, docker_client) -> None:  # type: ignore[no-untyped-def]
     result.assert_outcomes(passed=3, failed=2, errors=2)
     output = result.stdout.str()
     # A failed test shows its enclave's output, and --nitro-keep=failed kept that enclave.
@@ -150,7 +165,7 @@ def test_user_tests_under_xdist_pass_and_failures_name_their_cause(
     summary = output.split("nitro-emu: enclaves left running (--nitro-keep)", 1)[1]
     kept = [line for line in summary.splitlines() if "terminate-enclave --enclave-id" in line]
     assert len(kept) == 1 and kept[0].startswith("test_assertion_fails-gw")
-    _terminate_kept(kept[0])
+    _terminate_kept(kept[0])  # the printed command's home and id are right
     # A bad marker value: named, with what is allowed.
     assert "cpu_count=0 must be an integer >= 1" in output
     # A Dockerfile that does not build: the cause and the build's last lines.

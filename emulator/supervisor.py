@@ -24,6 +24,7 @@ watchdog removes the container and the dirs within a second or two.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -135,6 +136,7 @@ class Supervisor:
         self._server: Any = None  # fake_nsm.server.NsmServer
         self._client: Any = None  # docker.DockerClient
         self._container: Any = None
+        self.container_id: str | None = None
 
     # --- start -------------------------------------------------------------------------------
 
@@ -144,11 +146,12 @@ class Supervisor:
         self._start_nsm()
 
     def adopt_container(self, container_id: str) -> None:
-        """Take over the container run-enclave started; check that the NSM answers."""
-        from emulator.docker_client import docker_client
+        """Take over the container run-enclave started; check that the NSM answers.
 
-        self._client = docker_client()
-        self._container = self._client.containers.get(container_id)
+        No Docker call here: the engine is busy starting the container, and the enclave's
+        first request should not wait behind ours. :meth:`wait` connects afterwards.
+        """
+        self.container_id = container_id
         self._check_nsm()
 
     def _start_nsm(self) -> None:
@@ -184,7 +187,7 @@ class Supervisor:
     # --- run ---------------------------------------------------------------------------------
 
     def mark_running(self) -> None:
-        container_id = self._container.id if self._container is not None else None
+        container_id = self.container_id
         with home_lock(self.settings):
             current = read_record(self.settings, self.enclave.enclave_id) or self.enclave
             self.enclave = current.evolve(state=STATE_RUNNING, container_id=container_id)
@@ -217,6 +220,15 @@ class Supervisor:
 
     def wait(self) -> None:
         """Until the container exits or terminate-enclave asks (SIGTERM)."""
+        import docker.errors
+
+        from emulator.docker_client import docker_client
+
+        self._client = docker_client()
+        try:
+            self._container = self._client.containers.get(self.container_id)
+        except docker.errors.NotFound:
+            return  # removed behind our back: nothing to wait for
         waiter = threading.Thread(target=self._wait_for_exit, name="container-wait", daemon=True)
         waiter.start()
         while not self.wake.wait(1.0):
@@ -350,6 +362,8 @@ def spawn_forked(settings: Settings, enclave: EnclaveInfo, log: Path) -> tuple[i
             if os.fork() > 0:
                 os._exit(0)
             os.chdir("/")  # hold no directory of the caller busy
+            with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+                comm.write("nitro-emu-encl")  # ps/top name; the command line stays the caller's
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(log_fd, 1)

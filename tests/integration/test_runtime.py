@@ -240,3 +240,16 @@ def test_bad_input_gets_nitro_cli_codes_and_leaves_nothing(  # type: ignore[no-u
     finally:
         with contextlib.suppress(NitroCliError):
             cli(capsys, "terminate-enclave", "--enclave-id", info.enclave_id)
+
+
+def test_an_enclave_that_cannot_start_leaves_nothing(  # type: ignore[no-untyped-def]
+    nitro_home: Path, build_app_image, build_app_eif, tmp_path, capsys
+) -> None:
+    image = build_app_image({"/app/README": "no program here"}, cmd=["/app/missing-program"], include_fake_nsm=False)
+    eif, _ = build_app_eif(image, tmp_path, name="broken")
+    status, out, err = cli(capsys, "run-enclave", "--eif-path", str(eif), "--memory", str(minimum_memory(eif)),
+                           "--cpu-count", "1")
+    assert status == 36 and out == ""
+    assert "missing-program" in err and "Traceback" not in err
+    assert list((nitro_home / "enclaves").iterdir()) == []
+    assert [p.name for p in (nitro_home / "run").iterdir()] == ["parent"]

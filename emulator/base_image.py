@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import docker
 import docker.errors
 
+from emulator.docker_client import docker_client
 from emulator.errors import EmulatorError
 
 BASE_IMAGE_TAG = "nitro-emu/base:bookworm"
@@ -49,7 +50,7 @@ def ensure_base_image(
     Uses the cached tag when present; otherwise builds it with debootstrap, which needs
     root and Debian's package mirror (no container registry).
     """
-    client = client or docker.from_env()
+    client = client or docker_client()
     if _image_exists(client, tag):
         return tag
     debootstrap = shutil.which("debootstrap")

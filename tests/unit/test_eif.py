@@ -414,9 +414,6 @@ def test_crc32_combine_matches_zlib(first: bytes, second: bytes) -> None:
     assert crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second)) == zlib.crc32(first + second)
 
 
-# docker.from_env() leaves its socket to the garbage collector when the engine is absent;
-# collect it here so the ResourceWarning is attributed to (and ignored by) this test.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_build_enclave_without_engine_is_e50(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")

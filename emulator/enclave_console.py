@@ -85,7 +85,7 @@ def stream_console(
     return _await_exit_reason(info.enclave_id)
 
 
-def _await_exit_reason(enclave_id: str, timeout: float = 10.0) -> str | None:
+def _await_exit_reason(enclave_id: str, timeout: float = 30.0) -> str | None:
     """The exit reason the supervisor writes just after its container stops."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

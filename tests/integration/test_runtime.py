@@ -161,7 +161,7 @@ def test_allocating_past_memory_kills_the_enclave_and_says_why(  # type: ignore[
     watcher.start()
     (nitro_home / "run" / str(info.cid) / "allocate").write_text(str(memory + 128))
     watcher.join(130)
-    assert "out of memory" in (console.get("reason") or ""), console
+    assert "out of memory" in (console.get("reason") or ""), (console, enclave_logs(info.enclave_id)[-600:])
     assert "out of memory" in (exit_reason(info.enclave_id) or "")
     log = enclave_logs(info.enclave_id)
     assert "allocating" in log and "FACTS" in log  # the last output is kept

@@ -1,9 +1,15 @@
-"""A local Debian base image for enclaves, for machines that cannot pull from a registry.
+"""A local Debian base image for enclaves, built with or without a container registry.
 
-On a laptop, enclave images are built ``FROM`` any image a registry serves. On a machine
-without a registry (CI here), we build one from Debian's packages: ``debootstrap`` a minimal
-bookworm with Python, then import the directory as an image through the Docker API. The
-result is cached by tag, so the ~70 s build happens once per engine.
+Enclave images in the tests and the demo are built ``FROM`` a Debian bookworm image with
+Python and a few Debian packages. Two ways to make it, tried in this order:
+
+- **debootstrap** (root, Debian's package mirror, no registry): bootstrap a minimal bookworm
+  with the packages into a directory, then import it as an image through the Docker API.
+  This is how CI works, where no registry answers.
+- **a registry** (a laptop without root): build ``FROM debian:bookworm-slim`` and
+  ``apt-get install`` the packages, through the Docker API.
+
+Either way the result is cached by tag, so the ~70 s build happens once per engine.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from emulator.errors import EmulatorError
 
 BASE_IMAGE_TAG = "nitro-emu/base:bookworm"
 BASE_PACKAGES: tuple[str, ...] = ("python3-minimal", "python3-cbor2")
+REGISTRY_BASE = "debian:bookworm-slim"
 _SUITE = "bookworm"
 
 
@@ -45,26 +52,32 @@ def ensure_base_image(
     tag: str = BASE_IMAGE_TAG,
     packages: Sequence[str] = BASE_PACKAGES,
 ) -> str:
-    """Return a local image tag with Debian bookworm, Python 3 and cbor2.
+    """Return a local image tag with Debian bookworm, Python 3 and ``packages``.
 
-    Uses the cached tag when present; otherwise builds it with debootstrap, which needs
-    root and Debian's package mirror (no container registry).
+    Uses the cached tag when present; otherwise debootstraps it (when root with debootstrap)
+    or builds it from ``debian:bookworm-slim`` through a registry.
+
+    Raises:
+        BaseImageError: neither way worked; the message says what each one needs.
     """
     client = client or docker_client()
     if _image_exists(client, tag):
         return tag
     debootstrap = shutil.which("debootstrap")
-    if debootstrap is None:
+    if debootstrap is not None and os.geteuid() == 0:
+        return _debootstrap_image(client, debootstrap, tag, packages)
+    try:
+        return _registry_image(client, tag, packages)
+    except BaseImageError as error:
         raise BaseImageError(
-            f"image {tag!r} is not in the local engine and debootstrap is not installed; "
-            "install it (apt-get install debootstrap) or build your enclave images FROM an "
-            "image your registry serves"
-        )
-    if os.geteuid() != 0:
-        raise BaseImageError(
-            f"building {tag!r} with debootstrap needs root; run `sudo nitro-emu base-image` "
-            "once, or build your enclave images FROM an image your registry serves"
-        )
+            f"{error}. Without a registry, build it from Debian's packages instead: install "
+            "debootstrap and run `sudo nitro-emu base-image` once (root is needed)"
+        ) from error
+
+
+def _debootstrap_image(
+    client: docker.DockerClient, debootstrap: str, tag: str, packages: Sequence[str]
+) -> str:
     with tempfile.TemporaryDirectory(prefix="nitro-emu-rootfs-") as root:
         command = [
             debootstrap,
@@ -93,4 +106,20 @@ def ensure_base_image(
         )
     except docker.errors.APIError as error:
         raise BaseImageError(f"docker import of {tag!r} failed: {error}") from error
+    return tag
+
+
+def _registry_image(client: docker.DockerClient, tag: str, packages: Sequence[str]) -> str:
+    dockerfile = (
+        f"FROM {REGISTRY_BASE}\n"
+        "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "
+        f"--no-install-recommends {' '.join(packages)} && rm -rf /var/lib/apt/lists/*\n"
+        'CMD ["/usr/bin/python3"]\n'
+    )
+    try:
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, pull=True)
+    except (docker.errors.BuildError, docker.errors.APIError) as error:
+        raise BaseImageError(
+            f"building {tag!r} FROM {REGISTRY_BASE} failed (is a registry reachable?): {error}"
+        ) from error
     return tag

@@ -13,9 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "base-image",
         help="build (once, cached by tag) a local Debian image with Python for enclaves",
         description=(
-            "Build a Debian bookworm image with Python 3 and cbor2 from Debian's packages "
-            "(debootstrap, then an import through the Docker API), for machines where no "
-            "container registry answers. Prints the tag. Needs root and debootstrap."
+            "Build a Debian bookworm image with Python 3 and cbor2: with debootstrap from "
+            "Debian's packages when run as root (no container registry needed), otherwise "
+            "FROM debian:bookworm-slim through a registry. Prints the tag."
         ),
     )
     parser.add_argument("--tag", default=BASE_IMAGE_TAG, help=f"image tag (default {BASE_IMAGE_TAG})")

@@ -9,6 +9,10 @@ bytes, hence the same PCR0/PCR2 on every rebuild:
 * then every filesystem entry, sorted by path; mtimes 0; owner names dropped, numeric
   uid/gid and modes kept; extended (pax) headers reduced to file xattrs; hard links point at
   the first path of their group in sorted order.
+* one exception to mtime 0: a ``X.py`` whose ``__pycache__/X.<cpython tag>.pyc`` in the image
+  is timestamp-based and records the .py's size gets the mtime that pyc records, so CPython
+  finds its cached bytecode valid in the (read-only) enclave instead of recompiling on every
+  start. That mtime comes from the image's bytes, so the archive stays a function of content.
 
 Because member 0 comes first, the rest of the ramdisk is itself a tar of the root
 filesystem, which :func:`load_enclave_image` streams into ``docker import``.
@@ -17,6 +21,8 @@ filesystem, which :func:`load_enclave_image` streams into ``docker import``.
 from __future__ import annotations
 
 import json
+import re
+import struct
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
@@ -38,6 +44,9 @@ LABEL_PCR0 = "org.nitro-emu.pcr0"
 LABEL_PURPOSE = "org.nitro-emu.purpose"
 _BLOCK = 512
 _COPY_BUFFER = 1 << 20
+# PEP 3147 cache name of a source X.py: __pycache__/X.<tag>.pyc (optimized .opt-N pycs aside)
+_PYC_NAME = re.compile(r"^(?P<dir>(?:.*/)?)__pycache__/(?P<stem>[^/]+)\.(?P<tag>cpython-[0-9]+)\.pyc$")
+_PYC_HEADER = struct.Struct("<4sIII")  # PEP 552: magic, flags, source mtime, source size
 
 
 class DockerImagePullError(NitroCliError):
@@ -129,8 +138,41 @@ def _normal(name: str) -> str:
     return name.strip("/")
 
 
+def _pyc_source_stamps(
+    exported: tarfile.TarFile, members: dict[str, tarfile.TarInfo], data_of: Callable[[str], tarfile.TarInfo]
+) -> dict[str, int]:
+    """The mtime to give each ``X.py`` whose timestamp pyc matches it (module doc).
+
+    A first pass over the spooled export: only the 16-byte header of each pyc is read.
+    Several pycs of one source (different tags): the lexicographically first tag decides.
+    """
+    stamps: dict[str, int] = {}
+    for name in sorted(members):
+        match = _PYC_NAME.match(name)
+        if match is None:
+            continue
+        source = f"{match['dir']}{match['stem']}.py"
+        if source in stamps or source not in members:
+            continue
+        pyc, py = data_of(name), data_of(source)
+        if not (pyc.isreg() and py.isreg()) or pyc.size < _PYC_HEADER.size:
+            continue
+        stream = exported.extractfile(pyc)
+        if stream is None:
+            continue
+        magic, flags, mtime, size = _PYC_HEADER.unpack(stream.read(_PYC_HEADER.size))
+        # flags 0: timestamp-based (PEP 552); bit 0 set would mean hash-based, never stale
+        if magic[2:] == b"\r\n" and flags == 0 and size == py.size & 0xFFFFFFFF:
+            stamps[source] = mtime
+    return stamps
+
+
 def write_canonical_archive(source: BinaryIO, config: dict[str, Any], out: IO[bytes]) -> None:
-    """Rewrite the exported tar ``source`` canonically, config first, into ``out``."""
+    """Rewrite the exported tar ``source`` canonically, config first, into ``out``.
+
+    ``source`` must be seekable (a spooled export): pyc headers are read before the sources
+    that sort ahead of them.
+    """
     with tarfile.open(fileobj=source, mode="r:") as exported:
         members = {}
         for member in exported.getmembers():
@@ -151,6 +193,20 @@ def write_canonical_archive(source: BinaryIO, config: dict[str, Any], out: IO[by
             data_from[group[0]] = members[target]
             for other in group[1:]:
                 link_to[other] = group[0]
+
+        def data_of(name: str) -> tarfile.TarInfo:
+            member = members[name]
+            target = _normal(member.linkname) if member.islnk() else ""
+            return members[target] if target in members and members[target].isreg() else member
+
+        stamps = _pyc_source_stamps(exported, members, data_of)
+        # A hard-link group is one inode: all its paths carry the first stamp found in it.
+        for target, names in groups.items():
+            group = sorted([target, *names])
+            found = [stamps[name] for name in group if name in stamps]
+            for name in group:
+                if found:
+                    stamps[name] = found[0]
         with tarfile.TarFile(
             fileobj=_Appender(out),  # type: ignore[arg-type]
             mode="w",
@@ -167,6 +223,7 @@ def write_canonical_archive(source: BinaryIO, config: dict[str, Any], out: IO[by
                 if name in link_to:
                     info = _canonical_info(data_from[link_to[name]], name)
                     info.type, info.size, info.linkname = tarfile.LNKTYPE, 0, link_to[name]
+                    info.mtime = stamps.get(name, 0)
                     archive.addfile(info)
                     continue
                 original = data_from.get(name, member)
@@ -177,6 +234,7 @@ def write_canonical_archive(source: BinaryIO, config: dict[str, Any], out: IO[by
                     continue
                 info = _canonical_info(original, name)
                 if info.type == tarfile.REGTYPE:
+                    info.mtime = stamps.get(name, 0)
                     archive.addfile(info, exported.extractfile(original))
                 else:
                     archive.addfile(info)

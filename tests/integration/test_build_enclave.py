@@ -41,6 +41,16 @@ ENTRYPOINT ["python3"]
 CMD ["/app/app.py"]
 """
 APP = b"print('hello from the enclave')\n"
+# (mtime, size) of a module's source vs what its timestamp pyc records (PEP 552 header)
+PYC_CHECK = """
+import importlib.util, json, email, os, struct
+rows = []
+for module in (json, email):
+    header = open(importlib.util.cache_from_source(module.__file__), "rb").read(16)
+    stat = os.stat(module.__file__)
+    rows.append((module.__name__, [int(stat.st_mtime), stat.st_size], list(struct.unpack("<8xII", header))))
+print(json.dumps(rows))
+"""
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,17 @@ def test_loaded_enclave_image_has_the_original_config_and_files(builds, docker_c
         container.start()
         assert container.wait(timeout=60)["StatusCode"] == 0
         assert container.logs(stdout=True, stderr=False) == APP
+        container.remove(force=True)
+        # the stdlib's cached pycs are not stale in the enclave (no recompiling on each start)
+        container = docker_client.containers.create(
+            tag, entrypoint=["python3", "-c", PYC_CHECK], command=[], network_disabled=True,
+            labels={"org.nitro-emu.test": "build-enclave"},
+        )
+        container.start()
+        assert container.wait(timeout=60)["StatusCode"] == 0, container.logs()
+        checked = json.loads(container.logs(stdout=True, stderr=False))
+        assert {module for module, _, _ in checked} == {"json", "email"}
+        assert all(source == recorded for _, source, recorded in checked), checked
     finally:
         if container is not None:
             container.remove(force=True)

@@ -435,3 +435,50 @@ def test_oversized_small_section_is_refused_not_loaded(tmp_path: Path) -> None:
     write_eif(path, kernel=KERNEL, cmdline=b"x" * ((16 << 20) + 1), metadata=METADATA, ramdisks=(BOOT,))
     with pytest.raises(EifFormatError, match=r"section 1 \(CMDLINE\) has 16777217 bytes, too large"):
         read_eif(path)
+
+
+def _pyc(flags: int, mtime: int, size: int) -> bytes:
+    return struct.pack("<4sIII", b"\xa7\r\r\n", flags, mtime, size) + b"\xe3code"
+
+
+def _stamped(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> dict[str, int]:
+    with tarfile.open(fileobj=io.BytesIO(_canonical(_tar(entries)))) as archive:
+        return {member.name: member.mtime for member in archive.getmembers()}
+
+
+def test_sources_with_a_matching_timestamp_pyc_keep_its_recorded_mtime() -> None:
+    source = b"import os\n"
+    mtimes = _stamped([
+        _entry("lib", tarfile.DIRTYPE, mtime=5),
+        _entry("lib/good.py", data=source, mtime=1_700_000_123),
+        _entry("lib/__pycache__", tarfile.DIRTYPE, mtime=5),
+        # two tags disagree: the lexicographically first one (cpython-310) decides
+        _entry("lib/__pycache__/good.cpython-311.pyc", data=_pyc(0, 1_600_000_000, len(source))),
+        _entry("lib/__pycache__/good.cpython-310.pyc", data=_pyc(0, 1_700_000_000, len(source))),
+        _entry("lib/hashed.py", data=source),
+        _entry("lib/__pycache__/hashed.cpython-311.pyc", data=_pyc(1, 1_700_000_000, len(source))),
+        _entry("lib/resized.py", data=source + b"#\n"),
+        _entry("lib/__pycache__/resized.cpython-311.pyc", data=_pyc(0, 1_700_000_000, len(source))),
+        _entry("lib/optimized.py", data=source),
+        _entry("lib/__pycache__/optimized.cpython-311.opt-1.pyc", data=_pyc(0, 1_700_000_000, len(source))),
+        _entry("lib/twin.py", tarfile.LNKTYPE, link="lib/good.py"),
+        _entry("lib/__pycache__/short.cpython-311.pyc", data=b"\xa7\r"),
+        _entry("lib/short.py", data=source),
+    ])
+    assert mtimes["lib/good.py"] == 1_700_000_000
+    # a hard link is the same inode: it carries the same stamp so extraction keeps it
+    assert mtimes["lib/twin.py"] == 1_700_000_000
+    stamped = {name for name, mtime in mtimes.items() if mtime}
+    assert stamped == {"lib/good.py", "lib/twin.py"}  # hash-based, size mismatch, opt-1, short: 0
+
+
+def test_pyc_stamps_are_a_function_of_content_not_export_order() -> None:
+    source = b"x = 1\n"
+    entries = [
+        _entry("m.py", data=source, mtime=99),
+        _entry("__pycache__", tarfile.DIRTYPE),
+        _entry("__pycache__/m.cpython-311.pyc", data=_pyc(0, 1_234_567_890, len(source))),
+    ]
+    forward, backward = _canonical(_tar(entries)), _canonical(_tar(entries[::-1]))
+    assert forward == backward
+    assert _stamped(entries)["m.py"] == 1_234_567_890

@@ -1,4 +1,4 @@
-"""CLI commands: build-enclave, describe-eif, pcr (see emulator.cli; nitro-facts §3.5).
+"""CLI commands: build-enclave, describe-eif, pcr, prune-images (see emulator.cli; nitro-facts §3.5).
 
 Human messages go to stderr, JSON to stdout, formatted like ``serde_json::to_string_pretty``
 (2-space indent). Failures raise :class:`~emulator.errors.NitroCliError` subclasses, which the
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.eif_signing import certificate_info, pem_to_der
+from emulator.errors import EmulatorError
 from emulator.measurements import pcr_of, pcr_of_stream
 from emulator.nitro_cli_errors import nitro_cli_error
 
@@ -143,8 +144,73 @@ def _pcr(args: argparse.Namespace) -> int:
     return 0
 
 
+class ImagePruneError(EmulatorError):
+    """The engine refused to list the cached enclave images or their containers."""
+
+
+def prune_enclave_images(client: Any, dry_run: bool = False) -> dict[str, list[str]]:
+    """Remove the cached ``nitro-emu/enclave:*`` images that no container uses.
+
+    An image used by any container (running or stopped: the engine refuses to delete those
+    anyway) is kept. Only the ``nitro-emu/enclave:`` tags are removed, so an image the user
+    also tagged otherwise survives under its other names. Returns the sorted tags
+    ``{"Removed": [...], "Kept": [...]}``; with ``dry_run`` nothing is removed and
+    ``Removed`` lists what would be.
+
+    Raises:
+        ImagePruneError: the engine could not list images or containers.
+    """
+    import docker.errors
+
+    from emulator.image_archive import ENCLAVE_REPOSITORY
+
+    prefix = f"{ENCLAVE_REPOSITORY}:"
+    try:
+        images = client.images.list(name=ENCLAVE_REPOSITORY)
+        containers = client.containers.list(all=True, sparse=True)
+    except docker.errors.APIError as error:
+        raise ImagePruneError(
+            f"listing {ENCLAVE_REPOSITORY} images or the containers failed "
+            f"({error.explanation or error}); check that the Docker engine is healthy"
+        ) from error
+    # sparse listings carry the image id as ImageID (full inspections as Image)
+    used = {c.attrs.get("ImageID") or c.attrs.get("Image") for c in containers}
+    removed: list[str] = []
+    kept: list[str] = []
+    for image in images:
+        tags = sorted(tag for tag in image.tags if tag.startswith(prefix))
+        if image.id in used:
+            kept.extend(tags)
+            continue
+        for tag in tags:
+            if dry_run:
+                removed.append(tag)
+                continue
+            try:
+                client.images.remove(tag)
+            except docker.errors.ImageNotFound:
+                removed.append(tag)  # gone already (a concurrent prune): the goal holds
+            except docker.errors.APIError:
+                kept.append(tag)  # e.g. a container started on it meanwhile (409 conflict)
+            else:
+                removed.append(tag)
+    return {"Removed": sorted(removed), "Kept": sorted(kept)}
+
+
+def _prune_images(args: argparse.Namespace) -> int:
+    from emulator.docker_client import docker_client
+
+    client = docker_client()
+    try:
+        result = prune_enclave_images(client, dry_run=args.dry_run)
+    finally:
+        client.close()
+    print_json(result)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add build-enclave, describe-eif and pcr to the top-level parser."""
+    """Add build-enclave, describe-eif, pcr and prune-images to the top-level parser."""
     build = subparsers.add_parser(
         "build-enclave", help="Build an enclave image file (EIF) from a Docker image."
     )
@@ -168,3 +234,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     pcr.add_argument("--input", help="the file to measure")
     pcr.add_argument("--signing-certificate", help="the PEM certificate whose PCR8 to compute")
     pcr.set_defaults(handler=_pcr)
+
+    prune = subparsers.add_parser(
+        "prune-images",
+        help="Remove the cached enclave images (nitro-emu/enclave:*) that no container uses.",
+    )
+    prune.add_argument(
+        "--all-unused", action="store_true", default=True,
+        help="remove every cached enclave image no container uses (the default)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    prune.set_defaults(handler=_prune_images)

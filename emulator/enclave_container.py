@@ -35,7 +35,7 @@ ENCLAVE_NSM_SOCKET = ENCLAVE_RUN_DIR + "/nsm.sock"
 PIDS_LIMIT = 1024
 
 #: ``"module:function"`` providers of extra mounts/env, called in order.
-EXTENSION_PROVIDERS: tuple[str, ...] = ("emulator.shim:container_extras",)
+EXTENSION_PROVIDERS: tuple[str, ...] = ("emulator.shim_build:container_extras",)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,6 @@ Targets (issue 2): signing >= 0.8x raw sign; cached verification >= 0.8x raw ver
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,6 +34,8 @@ from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature  # noqa: E402
 
+import _machine  # noqa: E402  # bench/ is on sys.path when run as a script
+
 from ca import TestCA  # noqa: E402
 from fake_nsm.cert_chain import ChainCache  # noqa: E402
 from fake_nsm.cose import sig_structure  # noqa: E402
@@ -48,21 +47,6 @@ PCRS = {index: bytes([index]) * 48 for index in range(16)}
 NONCE = b"n" * 32
 PUBLIC_KEY = b"k" * 294  # the size of an RSA-2048 SPKI, as KMS clients send
 ECDSA_SHA384 = ec.ECDSA(hashes.SHA384())
-
-
-def machine() -> str:
-    """CPU model, cores, Python and the crypto/CBOR library versions."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next(
-                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
-    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("cbor2", "cryptography"))
-    load = ", load %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {versions}{load}"
 
 
 def measure_round_robin(
@@ -139,7 +123,7 @@ def main() -> None:
             for name, baseline in baselines.items():
                 ratios[name].append(measured[name] / measured[baseline])
 
-    print(f"machine: {machine()}")
+    print(f"machine: {_machine.machine(('cbor2', 'cryptography'), load=True)}")
     print(
         f"document: {len(document)} bytes; {args.runs} runs x {args.rounds} rounds x "
         f"{args.batch} calls per scenario"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,25 +22,10 @@ from pathlib import Path
 import docker
 import docker.errors
 
+import _machine  # bench/ is on sys.path when run as a script
+
 from emulator.base_image import BASE_IMAGE_TAG
 from emulator.eif import build_eif
-
-
-def machine() -> str:
-    """CPU model, core count and Python version."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}, load average {load:.2f}"
-    )
 
 
 def timed(action) -> float:  # type: ignore[no-untyped-def]
@@ -58,7 +42,7 @@ def main() -> int:
     args = parser.parse_args()
     client = docker.from_env()
     tag = f"nitro-emu-bench/build:{uuid.uuid4().hex[:10]}"
-    print(f"machine: {machine()}")
+    print(f"machine: {_machine.machine(system=True, load=True)}")
     with tempfile.TemporaryDirectory(prefix="nitro-emu-bench-") as work:
         context = Path(work) / "context"
         context.mkdir()

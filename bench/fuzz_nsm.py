@@ -11,10 +11,7 @@ failure with a hex reproducer.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
-import os
-import platform
 import random
 import socket
 import struct
@@ -28,6 +25,8 @@ from pathlib import Path
 import cbor2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import _machine  # noqa: E402  # bench/ is on sys.path when run as a script
 
 from fake_nsm import codec  # noqa: E402
 from fake_nsm.device import NsmDevice  # noqa: E402
@@ -53,16 +52,6 @@ class FuzzSigner:
 
     def sign(self, pcrs: Mapping[int, bytes], *, user_data=None, nonce=None, public_key=None) -> bytes:  # type: ignore[no-untyped-def]
         return cbor2.dumps([dict(pcrs), user_data, nonce, public_key])
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, cbor2 {importlib.metadata.version('cbor2')}"
 
 
 def mutate(rng: random.Random) -> bytes:
@@ -146,7 +135,7 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
     logging.getLogger("fake_nsm").setLevel(logging.CRITICAL)  # one warning per bad client
-    print(f"machine: {machine()}")
+    print(f"machine: {_machine.machine(('cbor2',))}")
     print(f"seed: {seed}")
     device = NsmDevice(module_id=MODULE_ID, signer=FuzzSigner())
 

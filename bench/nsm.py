@@ -16,11 +16,9 @@ Targets (issue 3): 8 clients >= 0.7x the in-process rate; p50 <= 2 ms.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import _machine  # noqa: E402  # bench/ is on sys.path when run as a script
 
 from ca import TestCA  # noqa: E402
 from fake_nsm.client import NsmClient, SocketTransport  # noqa: E402
@@ -41,17 +41,6 @@ MODULE_ID = "i-0123456789abcdef0-enc0183d09086c24190"
 MEASUREMENTS = {0: b"\x01" * 48, 1: b"\x02" * 48, 2: b"\x03" * 48}
 NONCE = b"n" * 32
 PUBLIC_KEY = b"k" * 294  # the size of an RSA-2048 SPKI, as KMS clients send
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("cbor2", "cryptography"))
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {versions}"
 
 
 def in_process(signer: DocumentSigner, device: NsmDevice, requests: int) -> float:
@@ -100,11 +89,6 @@ def client_process(path: Path, clients: int, requests: int) -> tuple[float, list
     return len(flat) / elapsed, flat
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="documents per scenario and run")
@@ -116,7 +100,7 @@ def main() -> int:
         print(json.dumps({"rate": rate, "latencies": latencies}))
         return 0
     logging.getLogger("fake_nsm").setLevel(logging.ERROR)
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at start")
+    print(f"machine: {_machine.machine(('cbor2', 'cryptography'))}; load average {os.getloadavg()[0]:.1f} at start")
     print(f"{args.runs} runs x {args.requests} attestation documents per scenario (nonce 32 B, public_key 294 B)")
     with tempfile.TemporaryDirectory(prefix="nsmb-") as tmp:
         signer = DocumentSigner(TestCA.load_or_create(Path(tmp) / "ca"), MODULE_ID)
@@ -133,8 +117,8 @@ def main() -> int:
                 for clients in (1, 8):
                     rate, latencies = over_socket(server.socket_path, clients, args.requests)
                     rates[clients].append(rate)
-                    p50[clients].append(percentile(latencies, 0.50))
-                    p99[clients].append(percentile(latencies, 0.99))
+                    p50[clients].append(_machine.percentile(latencies, 0.50))
+                    p99[clients].append(_machine.percentile(latencies, 0.99))
     base = statistics.median(baseline)
     print(f"{'scenario':28s} {'docs/s':>9s} {'ratio':>7s} {'p50 ms':>8s} {'p99 ms':>8s}")
     print(f"{'in-process DocumentSigner':28s} {base:9.0f} {1.0:7.2f} {1000 / base:8.2f} {'':>8s}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
 import sys
 import tarfile
@@ -35,6 +34,8 @@ import docker
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import _machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 APP = r"""
 import os, sys, time
@@ -49,20 +50,6 @@ else:
 while True:
     time.sleep(3600)
 """
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()
-    return (f"{model}; {os.cpu_count()} cores; Python {platform.python_version()}; "
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 def build_image(client: docker.DockerClient, base: str) -> str:
@@ -122,7 +109,7 @@ def main() -> int:
     from emulator.eif import build_eif
 
     client = docker.from_env()
-    print(f"machine: {machine()}")
+    print(f"machine: {_machine.machine(load=True)}")
     with tempfile.TemporaryDirectory(prefix="nitro-emu-bench-") as scratch:
         os.environ["NITRO_EMU_HOME"] = os.path.join(scratch, "h")
         tag = build_image(client, ensure_base_image(client))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cbor2  # noqa: E402
+
+import _machine  # noqa: E402  # bench/ is on sys.path when run as a script
 
 from emulator.settings import Settings  # noqa: E402
 from emulator.shim_build import ensure_shim  # noqa: E402
@@ -68,16 +69,6 @@ int main(int argc, char **argv) {
 """
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def run_loop(binary: Path, mode: str, loops: int, env: dict[str, str]) -> float:
     out = subprocess.run([str(binary), mode, str(loops)], env=env, capture_output=True, text=True, check=True)
     return float(out.stdout)
@@ -97,7 +88,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {_machine.machine()}")
     with tempfile.TemporaryDirectory(prefix="shimb-") as tmp:
         directory = Path(tmp)
         build = ensure_shim(Settings(home=directory / "home"), musl=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -29,20 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import _machine  # noqa: E402  # bench/ is on sys.path when run as a script
+
 from emulator import vsock  # noqa: E402
 
 PROGRAM = ["discard:5004", "echo:5000"]
 Connect = Callable[[], socket.socket]
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
 def _spawn(code: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -207,11 +198,6 @@ def round_trips(connect: Connect, count: int) -> list[float]:
     return times
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 @contextlib.contextmanager
 def forwarder_to(cid: int, port: int) -> Iterator[Connect]:
     """``nitro-emu vsock-forward`` in its own process; yields a TCP connector to it."""
@@ -261,7 +247,7 @@ def main() -> int:
         except Exception:  # noqa: BLE001 - no engine: fall back to a process
             mode = "process"
     total = args.mib << 20
-    print(f"machine: {machine()}")
+    print(f"machine: {_machine.machine(system=True)}")
     print(f"enclave: {mode}; {args.runs} runs, median; {args.mib} MiB per throughput run")
     with tempfile.TemporaryDirectory(prefix="vb", dir="/tmp") as tmp:
         home = Path(tmp)
@@ -285,7 +271,7 @@ def main() -> int:
                 for index, (_, echo) in enumerate(series.values()):
                     rtts[index].append(round_trips(echo, args.pings))
             for label, fraction in (("p50", 0.5), ("p99", 0.99)):
-                values = [statistics.median(percentile(r, fraction) for r in runs) for runs in rtts]
+                values = [statistics.median(_machine.percentile(r, fraction) for r in runs) for runs in rtts]
                 rows.append((f"round trip {label}", values, "µs"))
             with forwarder_to(cid, 5004) as tcp_discard:
                 forward = median_of(args.runs, lambda: throughput(tcp_discard, total, 1))

@@ -27,7 +27,6 @@ import errno
 import fcntl
 import os
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ SOCKET_ENV = "NITRO_EMU_NSM_SOCKET"
 DEFAULT_SOCKET = "/run/nitro-emu/nsm.sock"
 #: _IOWR(0x0A, 0, sizeof(struct nsm_message)) with a 32-byte message (§1.4).
 NSM_IOCTL_REQUEST = 0xC0200A00
-_FRAME = struct.Struct(">I")
 
 
 class Transport(Protocol):
@@ -142,8 +140,8 @@ class SocketTransport:
             raise InputTooLarge(f"request is {len(request)} bytes; the NSM accepts {codec.MAX_REQUEST_SIZE}")
         with self._lock:
             try:
-                self._sock.sendall(_FRAME.pack(len(request)) + request)
-                (length,) = _FRAME.unpack(self._recv_exact(_FRAME.size))
+                self._sock.sendall(codec.FRAME_HEADER.pack(len(request)) + request)
+                (length,) = codec.FRAME_HEADER.unpack(self._recv_exact(codec.FRAME_HEADER.size))
                 if length > codec.MAX_RESPONSE_SIZE:
                     self.close()
                     raise InvalidResponse(f"reply frame of {length} bytes is over {codec.MAX_RESPONSE_SIZE}")
@@ -153,14 +151,11 @@ class SocketTransport:
                 raise InternalError(f"the NSM socket {self.path} failed: {error}") from error
 
     def _recv_exact(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self._sock.recv(size - len(data))
-            if not chunk:
-                self.close()
-                raise InternalError(f"the NSM socket {self.path} closed the connection mid-reply")
-            data += chunk
-        return bytes(data)
+        data = codec.recv_up_to(self._sock, size)
+        if len(data) < size:
+            self.close()
+            raise InternalError(f"the NSM socket {self.path} closed the connection mid-reply")
+        return data
 
     def close(self) -> None:
         self._sock.close()

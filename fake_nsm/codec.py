@@ -13,9 +13,10 @@ or absent, unknown fields ignored, integers of any width.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import cbor2
 
@@ -27,10 +28,16 @@ from fake_nsm.errors import (
     NsmRequestError,
 )
 
+if TYPE_CHECKING:
+    import socket
+
 #: Largest encoded request the NSM accepts (§1.4: the driver's 0x1000).
 MAX_REQUEST_SIZE = 0x1000
 #: Largest reply the NSM writes (§1.4: the 0x3000 response buffer).
 MAX_RESPONSE_SIZE = 0x3000
+#: The NSM socket's frame prefix, both directions: the CBOR body's length, 4 bytes big-endian
+#: (docs/architecture.md, "NSM transport"). The client and the server both use this one.
+FRAME_HEADER = struct.Struct(">I")
 #: ErrorCode names in AWS's order, values 0..8 (§1.1).
 ERROR_CODES: tuple[str, ...] = (
     "Success",
@@ -425,3 +432,17 @@ def raise_for_error(response: Response, request: Request) -> Response:
             f"{type(request).__name__} was answered with {type(response).__name__.removesuffix('Response')}"
         )
     return response
+
+
+def recv_up_to(sock: socket.socket, size: int) -> bytes:
+    """Read ``size`` bytes of a frame from ``sock``, or fewer if the peer closes first.
+
+    The caller decides what a short read means (a clean end, or a broken frame).
+    """
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)

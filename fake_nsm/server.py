@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import stat
-import struct
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 #: A length prefix above this closes the connection (architecture.md: 4096 + 64 of slack).
 MAX_FRAME = codec.MAX_REQUEST_SIZE + 64
-_HEADER = struct.Struct(">I")
 _SUN_PATH_MAX = 107
 
 
@@ -37,15 +35,12 @@ class BrokenFrame(Exception):
 
 def _recv_exact(conn: socket.socket, size: int, *, at_boundary: bool) -> bytes | None:
     """Read exactly ``size`` bytes; None on a clean EOF before the first byte of a frame."""
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = conn.recv(size - len(chunks))
-        if not chunk:
-            if at_boundary and not chunks:
-                return None
-            raise BrokenFrame(f"EOF after {len(chunks)} of {size} bytes")
-        chunks += chunk
-    return bytes(chunks)
+    data = codec.recv_up_to(conn, size)
+    if len(data) < size:
+        if at_boundary and not data:
+            return None
+        raise BrokenFrame(f"EOF after {len(data)} of {size} bytes")
+    return data
 
 
 class NsmServer:
@@ -196,10 +191,10 @@ class NsmServer:
     def _serve_connection(self, conn: socket.socket) -> None:
         try:
             while True:
-                header = _recv_exact(conn, _HEADER.size, at_boundary=True)
+                header = _recv_exact(conn, codec.FRAME_HEADER.size, at_boundary=True)
                 if header is None:
                     return  # the client hung up between frames
-                (length,) = _HEADER.unpack(header)
+                (length,) = codec.FRAME_HEADER.unpack(header)
                 if length > MAX_FRAME:
                     raise BrokenFrame(f"frame length {length} is over {MAX_FRAME}")
                 body = _recv_exact(conn, length, at_boundary=False)
@@ -233,7 +228,7 @@ class NsmServer:
         except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
             logger.exception("NSM %s: internal failure answering a request", self.socket_path)
             reply = codec.encode_response(codec.ErrorResponse(InternalError.code))
-        return _HEADER.pack(len(reply)) + reply
+        return codec.FRAME_HEADER.pack(len(reply)) + reply
 
     def _note_bad_client(self, message: str) -> None:
         with self._guard:

@@ -117,9 +117,7 @@ def connect(cid: int, port: int, *, timeout: float | None = None) -> socket.sock
         _mech.connect_path(sock, path)
     except ConnectionRefusedError as error:
         sock.close()
-        raise ConnectionRefusedError(
-            errno.ECONNREFUSED, f"connection refused: nobody listens on VSOCK {cid}:{port}"
-        ) from error
+        raise _refused(cid, port) from error
     except BaseException:
         sock.close()
         raise
@@ -139,6 +137,11 @@ def listen(port: int, *, backlog: int = 128) -> Listener:
     directory = _parent_dir()
     sock, bound = _mech.bind_listener(str(directory), port, backlog=backlog)
     return Listener(sock, PARENT_CID, bound, str(directory / str(bound)))
+
+
+def _refused(cid: int, port: int) -> ConnectionRefusedError:
+    """What :func:`connect` and :func:`open_connection` raise when nobody listens (ECONNREFUSED)."""
+    return ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused: nobody listens on VSOCK {cid}:{port}")
 
 
 def _parent_dir() -> Path:
@@ -175,9 +178,7 @@ async def open_connection(
             await loop.sock_connect(sock, usable)
     except (FileNotFoundError, ConnectionRefusedError) as error:
         sock.close()
-        raise ConnectionRefusedError(
-            errno.ECONNREFUSED, f"connection refused: nobody listens on VSOCK {cid}:{port}"
-        ) from error
+        raise _refused(cid, port) from error
     except BaseException:
         sock.close()
         raise

@@ -88,6 +88,18 @@ def _name(*attributes: tuple[x509.ObjectIdentifier, str]) -> x509.Name:
     return x509.Name([x509.NameAttribute(oid, value) for oid, value in attributes])
 
 
+def _washington_name(common_name: str) -> x509.Name:
+    """C=US, ST=Washington, L=Seattle, O, OU, then CN: the instance CA's and the leaf's order."""
+    return _name(
+        (NameOID.COUNTRY_NAME, "US"),
+        (NameOID.STATE_OR_PROVINCE_NAME, "Washington"),
+        (NameOID.LOCALITY_NAME, "Seattle"),
+        (NameOID.ORGANIZATION_NAME, ORGANIZATION),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, ORG_UNIT),
+        (NameOID.COMMON_NAME, common_name),
+    )
+
+
 def subject_for(level: str, names: Names) -> x509.Name:
     """The subject of an intermediate or root, in AWS's attribute order for that level."""
     if level == "root":
@@ -114,27 +126,13 @@ def subject_for(level: str, names: Names) -> x509.Name:
             (NameOID.LOCALITY_NAME, "Seattle"),
         )
     if level == "instance":
-        return _name(
-            (NameOID.COUNTRY_NAME, "US"),
-            (NameOID.STATE_OR_PROVINCE_NAME, "Washington"),
-            (NameOID.LOCALITY_NAME, "Seattle"),
-            (NameOID.ORGANIZATION_NAME, ORGANIZATION),
-            (NameOID.ORGANIZATIONAL_UNIT_NAME, ORG_UNIT),
-            (NameOID.COMMON_NAME, f"{names.instance_id}.{names.region}.{DOMAIN}"),
-        )
+        return _washington_name(f"{names.instance_id}.{names.region}.{DOMAIN}")
     raise ValueError(f"unknown CA level {level!r}")
 
 
 def leaf_subject(enclave_id: str, names: Names) -> x509.Name:
     """The leaf's subject: AWS's ``<module_id>.<region>.aws`` with ``test`` for ``aws``."""
-    return _name(
-        (NameOID.COUNTRY_NAME, "US"),
-        (NameOID.STATE_OR_PROVINCE_NAME, "Washington"),
-        (NameOID.LOCALITY_NAME, "Seattle"),
-        (NameOID.ORGANIZATION_NAME, ORGANIZATION),
-        (NameOID.ORGANIZATIONAL_UNIT_NAME, ORG_UNIT),
-        (NameOID.COMMON_NAME, f"{enclave_id}.{names.region}.test"),
-    )
+    return _washington_name(f"{enclave_id}.{names.region}.test")
 
 
 def _ca_key_usage(*, cert_sign_only: bool) -> x509.KeyUsage:

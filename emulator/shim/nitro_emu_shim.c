@@ -139,65 +139,27 @@ typedef int (*listen_fn)(int, int);
 typedef int (*setsockopt_fn)(int, int, int, const void *, socklen_t);
 typedef int (*getsockopt_fn)(int, int, int, void *, socklen_t *);
 
-static int real_close(int fd)
-{
-    close_fn fn = REAL(close_fn, "close", NULL);
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
+/* DEFINE_REAL(type, name, params, args): `static int real_<name> params`, which calls the
+ * next definition of `name` with `args`, or fails with ENOSYS when there is none. */
+#define DEFINE_REAL(type, name, params, args)                                              \
+    static int real_##name params                                                          \
+    {                                                                                      \
+        type fn = REAL(type, #name, NULL);                                                 \
+        if (fn == NULL) {                                                                  \
+            errno = ENOSYS;                                                                \
+            return -1;                                                                     \
+        }                                                                                  \
+        return fn args;                                                                    \
     }
-    return fn(fd);
-}
 
-static int real_socket(int domain, int type, int protocol)
-{
-    socket_fn fn = REAL(socket_fn, "socket", NULL);
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    return fn(domain, type, protocol);
-}
-
-static int real_connect(int fd, const struct sockaddr *addr, socklen_t len)
-{
-    addr_fn fn = REAL(addr_fn, "connect", NULL);
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    return fn(fd, addr, len);
-}
-
-static int real_bind(int fd, const struct sockaddr *addr, socklen_t len)
-{
-    addr_fn fn = REAL(addr_fn, "bind", NULL);
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    return fn(fd, addr, len);
-}
-
-static int real_getpeername(int fd, struct sockaddr *addr, socklen_t *len)
-{
-    getaddr_fn fn = REAL(getaddr_fn, "getpeername", NULL);
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    return fn(fd, addr, len);
-}
-
-static int real_setsockopt(int fd, int level, int name, const void *value, socklen_t len)
-{
-    setsockopt_fn fn = REAL(setsockopt_fn, "setsockopt", NULL);
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    return fn(fd, level, name, value, len);
-}
+DEFINE_REAL(close_fn, close, (int fd), (fd))
+DEFINE_REAL(socket_fn, socket, (int domain, int type, int protocol), (domain, type, protocol))
+DEFINE_REAL(addr_fn, connect, (int fd, const struct sockaddr *addr, socklen_t len), (fd, addr, len))
+DEFINE_REAL(addr_fn, bind, (int fd, const struct sockaddr *addr, socklen_t len), (fd, addr, len))
+DEFINE_REAL(getaddr_fn, getpeername, (int fd, struct sockaddr *addr, socklen_t *len), (fd, addr, len))
+DEFINE_REAL(setsockopt_fn, setsockopt,
+            (int fd, int level, int name, const void *value, socklen_t len),
+            (fd, level, name, value, len))
 
 /* ---- descriptor table: lock-free, allocated only when something is tracked ---------------- */
 

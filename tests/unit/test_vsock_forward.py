@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import pytest
 from vsock_helpers import ROOT, FakeEnclave, make_enclave, recv_all  # noqa: F401 - a fixture
@@ -126,19 +128,33 @@ def test_bad_addresses_are_clear_errors(nitro_home: Path) -> None:
         vsock_forward.from_enclave(-1, LOCAL)
 
 
+@contextlib.contextmanager
+def _cli_forwarder(*args: str) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
+    """``nitro-emu vsock-forward ARGS`` in its own process: (process, its stderr).
+
+    On the way out it is killed if still running, and its stderr pipe is closed.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulator.cli", "vsock-forward", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        yield proc, proc.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
 def test_cli_forwarder_stops_cleanly_on_sigterm(
     make_enclave: Callable[[int], FakeEnclave], nitro_home: Path,
 ) -> None:
     make_enclave(16).spawn("echo", "5000")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "emulator.cli", "vsock-forward",
-         "--to-enclave", "16:5000", "--listen", "127.0.0.1:0"],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()  # "forwarding tcp 127.0.0.1:<port> -> vsock 16:5000"
+    with _cli_forwarder("--to-enclave", "16:5000", "--listen", "127.0.0.1:0") as (proc, stderr):
+        line = stderr.readline()  # "forwarding tcp 127.0.0.1:<port> -> vsock 16:5000"
         port = int(line.split("tcp 127.0.0.1:")[1].split()[0])
         with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
             client.sendall(b"before the signal")
@@ -148,27 +164,14 @@ def test_cli_forwarder_stops_cleanly_on_sigterm(
             assert client.recv(100) == b""  # the open connection was ended, not left hanging
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_cli_reverse_forwarder_stops_on_sigint_and_removes_its_socket(
     nitro_home: Path, tcp_echo_server: tuple[str, int],
 ) -> None:
     host, port = tcp_echo_server
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "emulator.cli", "vsock-forward",
-         "--from-enclave-port", "8001", "--to", f"{host}:{port}"],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        assert "vsock 3:8001 -> tcp" in proc.stderr.readline()
+    with _cli_forwarder("--from-enclave-port", "8001", "--to", f"{host}:{port}") as (proc, stderr):
+        assert "vsock 3:8001 -> tcp" in stderr.readline()
         with vsock.connect(3, 8001, timeout=20) as client:  # the parent's own port (loopback)
             client.sendall(b"via the parent port")
             assert client.recv(100) == b"via the parent port"
@@ -176,12 +179,6 @@ def test_cli_reverse_forwarder_stops_on_sigint_and_removes_its_socket(
             assert proc.wait(timeout=10) == 0
             assert client.recv(100) == b""
         assert not (nitro_home / "run" / "parent" / "8001").exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 @pytest.mark.parametrize("splice", [True, False])

@@ -126,6 +126,14 @@ static void *resolve(void **slot, const char *name, const char *fallback)
         (type) resolve(&slot_, name, fallback);                                            \
     })
 
+/* CALL_REAL(type, name, fallback, args): the next `name` (or `fallback`) called with `args`,
+ * an int; -1 with errno ENOSYS when there is neither. */
+#define CALL_REAL(type, name, fallback, args)                                              \
+    ({                                                                                     \
+        type real_fn_ = REAL(type, name, fallback);                                        \
+        real_fn_ != NULL ? real_fn_ args : (errno = ENOSYS, -1);                           \
+    })
+
 typedef int (*open_fn)(const char *, int, ...);
 typedef int (*openat_fn)(int, const char *, int, ...);
 typedef int (*open2_fn)(const char *, int);
@@ -142,15 +150,7 @@ typedef int (*getsockopt_fn)(int, int, int, void *, socklen_t *);
 /* DEFINE_REAL(type, name, params, args): `static int real_<name> params`, which calls the
  * next definition of `name` with `args`, or fails with ENOSYS when there is none. */
 #define DEFINE_REAL(type, name, params, args)                                              \
-    static int real_##name params                                                          \
-    {                                                                                      \
-        type fn = REAL(type, #name, NULL);                                                 \
-        if (fn == NULL) {                                                                  \
-            errno = ENOSYS;                                                                \
-            return -1;                                                                     \
-        }                                                                                  \
-        return fn args;                                                                    \
-    }
+    static int real_##name params { return CALL_REAL(type, #name, NULL, args); }
 
 DEFINE_REAL(close_fn, close, (int fd), (fd))
 DEFINE_REAL(socket_fn, socket, (int domain, int type, int protocol), (domain, type, protocol))
@@ -281,12 +281,7 @@ static int device_kind(const char *path)
 
 static int device_open(int kind, int flags, mode_t mode)
 {
-    open_fn fn = REAL(open_fn, "open", NULL);
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    int fd = fn(NSM_STANDIN, flags, mode);
+    int fd = CALL_REAL(open_fn, "open", NULL, (NSM_STANDIN, flags, mode));
     if (fd < 0)
         return fd;
     struct fd_info info = {.kind = (unsigned char)kind};
@@ -319,12 +314,7 @@ static mode_t mode_arg(int flags, va_list ap)
         va_end(ap);                                                                        \
         if (device_kind(path) != KIND_NONE)                                                \
             return device_open(device_kind(path), flags, mode);                            \
-        open_fn fn = REAL(open_fn, #fname, fallback);                                      \
-        if (fn == NULL) {                                                                  \
-            errno = ENOSYS;                                                                \
-            return -1;                                                                     \
-        }                                                                                  \
-        return fn(path, flags, mode);                                                      \
+        return CALL_REAL(open_fn, #fname, fallback, (path, flags, mode));                  \
     }
 
 #define DEFINE_OPENAT(fname, fallback)                                                     \
@@ -336,12 +326,7 @@ static mode_t mode_arg(int flags, va_list ap)
         va_end(ap);                                                                        \
         if (device_kind(path) != KIND_NONE)                                                \
             return device_open(device_kind(path), flags, mode);                            \
-        openat_fn fn = REAL(openat_fn, #fname, fallback);                                  \
-        if (fn == NULL) {                                                                  \
-            errno = ENOSYS;                                                                \
-            return -1;                                                                     \
-        }                                                                                  \
-        return fn(dirfd, path, flags, mode);                                               \
+        return CALL_REAL(openat_fn, #fname, fallback, (dirfd, path, flags, mode));         \
     }
 
 /* glibc's _FORTIFY_SOURCE entry points (no mode argument) */
@@ -353,8 +338,7 @@ static mode_t mode_arg(int flags, va_list ap)
         open2_fn fn = REAL(open2_fn, #fname, NULL);                                        \
         if (fn != NULL)                                                                    \
             return fn(path, flags);                                                        \
-        open_fn plain = REAL(open_fn, "open", NULL);                                       \
-        return plain != NULL ? plain(path, flags) : (errno = ENOSYS, -1);                  \
+        return CALL_REAL(open_fn, "open", NULL, (path, flags));                            \
     }
 
 #define DEFINE_OPENAT2(fname)                                                              \
@@ -365,8 +349,7 @@ static mode_t mode_arg(int flags, va_list ap)
         openat2_fn fn = REAL(openat2_fn, #fname, NULL);                                    \
         if (fn != NULL)                                                                    \
             return fn(dirfd, path, flags);                                                 \
-        openat_fn plain = REAL(openat_fn, "openat", NULL);                                 \
-        return plain != NULL ? plain(dirfd, path, flags) : (errno = ENOSYS, -1);           \
+        return CALL_REAL(openat_fn, "openat", NULL, (dirfd, path, flags));                 \
     }
 
 DEFINE_OPEN(open, NULL)
@@ -628,12 +611,7 @@ EXPORT int ioctl(int fd, int request, ...)
         }
         return 0;
     }
-    ioctl_fn fn = REAL(ioctl_fn, "ioctl", NULL);
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    return fn(fd, (unsigned long)request, arg);
+    return CALL_REAL(ioctl_fn, "ioctl", NULL, (fd, (unsigned long)request, arg));
 }
 
 /* The real device has no llseek: lseek gives ESPIPE (nitro-facts §4.1). */
@@ -671,12 +649,7 @@ EXPORT int close(int fd)
 EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 {
     typedef int (*fn_t)(unsigned int, unsigned int, int);
-    fn_t fn = REAL(fn_t, "close_range", NULL);
-    if (fn == NULL) {
-        errno = ENOSYS;
-        return -1;
-    }
-    int result = fn(first, last, flags);
+    int result = CALL_REAL(fn_t, "close_range", NULL, (first, last, flags));
     if (result == 0 && !(flags & 4 /* CLOSE_RANGE_CLOEXEC */)) {
         unsigned int end = last < CHUNK_SIZE * MAX_CHUNKS ? last : CHUNK_SIZE * MAX_CHUNKS - 1;
         for (unsigned int fd = first; fd <= end; fd++) {
@@ -693,8 +666,7 @@ EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 EXPORT int dup(int fd)
 {
     typedef int (*fn_t)(int);
-    fn_t fn = REAL(fn_t, "dup", NULL);
-    int copy = fn != NULL ? fn(fd) : (errno = ENOSYS, -1);
+    int copy = CALL_REAL(fn_t, "dup", NULL, (fd));
     if (copy >= 0)
         fd_copy(fd, copy);
     return copy;
@@ -703,8 +675,7 @@ EXPORT int dup(int fd)
 EXPORT int dup2(int fd, int target)
 {
     typedef int (*fn_t)(int, int);
-    fn_t fn = REAL(fn_t, "dup2", NULL);
-    int copy = fn != NULL ? fn(fd, target) : (errno = ENOSYS, -1);
+    int copy = CALL_REAL(fn_t, "dup2", NULL, (fd, target));
     if (copy >= 0)
         fd_copy(fd, copy);
     return copy;
@@ -713,8 +684,7 @@ EXPORT int dup2(int fd, int target)
 EXPORT int dup3(int fd, int target, int flags)
 {
     typedef int (*fn_t)(int, int, int);
-    fn_t fn = REAL(fn_t, "dup3", NULL);
-    int copy = fn != NULL ? fn(fd, target, flags) : (errno = ENOSYS, -1);
+    int copy = CALL_REAL(fn_t, "dup3", NULL, (fd, target, flags));
     if (copy >= 0)
         fd_copy(fd, copy);
     return copy;
@@ -728,12 +698,7 @@ EXPORT int dup3(int fd, int target, int flags)
         va_start(ap, cmd);                                                                 \
         void *arg = va_arg(ap, void *); /* as glibc itself reads it */                     \
         va_end(ap);                                                                        \
-        fn_t fn = REAL(fn_t, #fname, fallback);                                            \
-        if (fn == NULL) {                                                                  \
-            errno = ENOSYS;                                                                \
-            return -1;                                                                     \
-        }                                                                                  \
-        int result = fn(fd, cmd, arg);                                                     \
+        int result = CALL_REAL(fn_t, #fname, fallback, (fd, cmd, arg));                    \
         if (result >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC))                     \
             fd_copy(fd, result);                                                           \
         return result;                                                                     \
@@ -1262,8 +1227,7 @@ EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
 {
     struct fd_info info;
     if (!fd_get(fd, &info) || info.kind != KIND_VSOCK) {
-        getaddr_fn fn = REAL(getaddr_fn, "getsockname", NULL);
-        return fn != NULL ? fn(fd, addr, len) : fail(ENOSYS);
+        return CALL_REAL(getaddr_fn, "getsockname", NULL, (fd, addr, len));
     }
     if (addr == NULL || len == NULL)
         return fail(EFAULT);

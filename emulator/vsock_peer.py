@@ -24,7 +24,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 try:  # inside the package, or copied flat beside vsock_enclave.py in an image
     from emulator import vsock_enclave
@@ -40,39 +40,36 @@ def pattern_bytes(count: int) -> bytes:
     return (PATTERN * (count // len(PATTERN) + 1))[:count]
 
 
-def _echo(conn: socket.socket) -> None:
+def _received(conn: socket.socket) -> Iterator[memoryview]:
+    """Each chunk ``conn`` receives until EOF: a view into one buffer, valid until the next."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     while True:
         n = conn.recv_into(buf)
         if not n:
-            break
-        conn.sendall(view[:n])
+            return
+        yield view[:n]
+
+
+def _echo(conn: socket.socket) -> None:
+    for chunk in _received(conn):
+        conn.sendall(chunk)
     conn.shutdown(socket.SHUT_WR)  # keep the half-close: the peer sees EOF after its data
 
 
 def _digest(conn: socket.socket) -> None:
     digest = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
     count = 0
-    while True:
-        n = conn.recv_into(buf)
-        if not n:
-            break
-        digest.update(view[:n])
-        count += n
+    for chunk in _received(conn):
+        digest.update(chunk)
+        count += len(chunk)
     conn.sendall(f"{digest.hexdigest()} {count}\n".encode())
 
 
 def _discard(conn: socket.socket) -> None:
-    buf = bytearray(CHUNK)
     count = 0
-    while True:
-        n = conn.recv_into(buf)
-        if not n:
-            break
-        count += n
+    for chunk in _received(conn):
+        count += len(chunk)
     conn.sendall(f"{count}\n".encode())
 
 

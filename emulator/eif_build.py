@@ -54,7 +54,7 @@ def _build_time() -> str:
     # chrono's to_rfc3339(); SOURCE_DATE_EPOCH pins it for byte-identical files.
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = (
-        datetime.fromtimestamp(int(epoch), timezone.utc) if epoch and epoch.isdigit() else datetime.now(timezone.utc)
+        datetime.fromtimestamp(int(epoch), timezone.utc) if epoch and epoch.isdecimal() else datetime.now(timezone.utc)
     )
     return moment.isoformat()
 

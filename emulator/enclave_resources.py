@@ -55,7 +55,7 @@ def parse_memory(text: str) -> int:
 
 def parse_int_argument(name: str, text: str) -> int:
     """An unsigned integer flag (``--cpu-count``, ``--enclave-cid``...) or E03."""
-    if not text.strip().isdigit():
+    if not text.strip().isdecimal():
         raise nitro_cli_error("InvalidArgument", name, text, detail=f"--{name} takes a whole number.")
     return int(text)
 
@@ -84,7 +84,7 @@ def cpu_pool() -> tuple[int, ...]:
     ids: list[int] = []
     for interval in text.split(","):
         bounds = [part.strip() for part in interval.split("-")]
-        if not all(part.isdigit() for part in bounds) or len(bounds) not in (1, 2):
+        if not all(part.isdecimal() for part in bounds) or len(bounds) not in (1, 2):
             raise nitro_cli_error(
                 "CpuError", detail=f"${ENV_CPU_POOL}={text!r} is not a CPU list like '1-7,9'.",
             )

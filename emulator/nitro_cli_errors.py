@@ -240,7 +240,7 @@ def lookup(code: int | str) -> NitroCliErrorInfo:
         row = ERRORS_BY_NAME[code]
     else:
         digits = code.strip().upper().removeprefix("E")
-        row = ERRORS_BY_CODE.get(int(digits)) if digits.isdigit() and len(digits) <= 2 else None
+        row = ERRORS_BY_CODE.get(int(digits)) if digits.isdecimal() and len(digits) <= 2 else None
     if row is None:
         raise UnknownErrorCode(str(code))
     return row

@@ -124,7 +124,7 @@ def cleanup_enclave(
 
 
 def _pid_alive(text: str | None) -> bool:
-    return text is not None and text.isdigit() and process_start_ticks(int(text)) is not None
+    return text is not None and text.isdecimal() and process_start_ticks(int(text)) is not None
 
 
 def reap(settings: Settings, client: docker.DockerClient | None = None) -> list[str]:
@@ -150,7 +150,7 @@ def reap(settings: Settings, client: docker.DockerClient | None = None) -> list[
             reaped.extend(_reap_containers(settings, client, live_ids))
         if settings.run_root.is_dir():
             for entry in settings.run_root.iterdir():
-                if entry.name.isdigit() and int(entry.name) not in live_cids:
+                if entry.name.isdecimal() and int(entry.name) not in live_cids:
                     shutil.rmtree(entry, ignore_errors=True)
     return reaped
 

@@ -161,7 +161,7 @@ def _spawn_supervisor(settings: Settings, info: EnclaveInfo) -> tuple[_Lines, in
     lines = _Lines(read_fd)
     line = lines.readline(_SPAWN_TIMEOUT_S)
     parts = (line or "").split()
-    if len(parts) == 3 and parts[0] == "PID" and parts[1].isdigit() and parts[2].isdigit():
+    if len(parts) == 3 and parts[0] == "PID" and parts[1].isdecimal() and parts[2].isdecimal():
         return lines, control_write, int(parts[1]), int(parts[2])
     lines.close()
     os.close(control_write)

@@ -205,7 +205,7 @@ class EnclaveFactory:
         self._owns_docker = docker_client is None
         self.worker = worker
         self.builder = EnclaveBuilder(self._docker_client, cache_dir=cache_dir)
-        digits = "".join(ch for ch in worker if ch.isdigit())
+        digits = "".join(ch for ch in worker if ch.isdecimal())
         # Disjoint CID ranges per worker: gw0 -> 1016.., gw1 -> 2016.., main -> 16..
         self._next_cid = 16 + (1000 * (int(digits) + 1) if digits else 0)
         self._counter = 0

@@ -104,17 +104,17 @@ def parse_peer(
         body = text[1:]
         if body.startswith(ABSTRACT_PREFIX):
             cid_text, _, port_text = body[len(ABSTRACT_PREFIX) :].partition(":")
-            if cid_text.isdigit() and port_text.isdigit():
+            if cid_text.isdecimal() and port_text.isdecimal():
                 return (int(cid_text), int(port_text))
         return unknown
     parts = text.rsplit("/", 3)
-    if len(parts) < 3 or not parts[-1].isdigit():
+    if len(parts) < 3 or not parts[-1].isdecimal():
         return unknown
     port = int(parts[-1])
     if parts[-2] == "parent":
         return (PARENT_CID, port)
     if parts[-2] == "vsock":
-        if parts[-3].isdigit():
+        if parts[-3].isdecimal():
             return (int(parts[-3]), port)
         if local_cid is not None:
             return (local_cid, port)
@@ -306,7 +306,7 @@ def own_cid() -> int:
     if not emulated():
         return _real_local_cid()
     raw = os.environ.get(ENV_CID, "")
-    if not raw.isdigit():
+    if not raw.isdecimal():
         raise OSError(
             errno.EADDRNOTAVAIL,
             f"${ENV_CID} is {raw!r}; nitro-emu sets it to the enclave's CID in every enclave",
@@ -392,4 +392,4 @@ def local_address(sock: socket.socket) -> Address:
 
 def _maybe_own_cid() -> Optional[int]:
     raw = os.environ.get(ENV_CID, "")
-    return int(raw) if raw.isdigit() else None
+    return int(raw) if raw.isdecimal() else None

@@ -50,14 +50,14 @@ class Endpoint:
     @classmethod
     def parse_tcp(cls, text: str) -> Endpoint:
         host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not port.isdecimal() or not 0 <= int(port) <= 65535:
             raise ForwardError(f"expected a TCP address HOST:PORT (port 0..65535), got {text!r}")
         return cls(host.strip("[]") or "127.0.0.1", int(port))
 
     @classmethod
     def parse_vsock(cls, text: str) -> Endpoint:
         cid, sep, port = text.partition(":")
-        if not sep or not cid.isdigit() or not port.isdigit():
+        if not sep or not cid.isdecimal() or not port.isdecimal():
             raise ForwardError(f"expected a VSOCK address CID:PORT (two integers), got {text!r}")
         return cls(cid, int(port))
 

@@ -191,7 +191,7 @@ def main(argv: List[str]) -> int:
     """``KIND PORT [N]``, or several ``KIND:PORT[:N]`` specs served at once."""
     specs = [argv] if len(argv) >= 2 and ":" not in argv[0] else [a.split(":") for a in argv]
     kinds = (*HANDLERS, "http", "echo-parent")
-    if not specs or any(len(s) < 2 or s[0] not in kinds or not s[1].isdigit() for s in specs):
+    if not specs or any(len(s) < 2 or s[0] not in kinds or not s[1].isdecimal() for s in specs):
         print(__doc__, file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # close listeners: no stale files

@@ -191,7 +191,7 @@ def _parse_pcrs(specs: list[str]) -> dict[int, bytes] | None:
     expected: dict[int, bytes] = {}
     for spec in specs:
         index, sep, value = spec.partition("=")
-        if not sep or not index.strip().isdigit() or not 0 <= int(index) < 32:
+        if not sep or not index.strip().isdecimal() or not 0 <= int(index) < 32:
             raise _BadInput(f"--pcr {spec!r}: expected N=HEX with N in 0..31")
         expected[int(index)] = _parse_hex(f"--pcr {index}", value)
     return expected

@@ -147,3 +147,14 @@ def test_attest_then_verify_with_the_exported_root(nitro_home: Path, tmp_path: P
     assert json.loads(out)["nonce"] == "00ff"
     status, _, err = run(capsys, str(document), "--aws-root")
     assert status == 1 and err[0].startswith("verification failed: UntrustedRootError")
+
+
+def test_pcr_index_in_other_digits_is_one_line_not_a_traceback(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """'³' is a digit to str.isdigit() but not to int(): it must be refused, not crash."""
+    from emulator.cli import main
+
+    document = tmp_path / "doc.cbor"
+    document.write_bytes(b"\x84")
+    status = main(["verify", str(document), "--aws-root", "--pcr", "\u00b3=00"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "expected N=HEX with N in 0..31" in err

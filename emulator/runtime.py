@@ -159,12 +159,20 @@ def _spawn_supervisor(settings: Settings, info: EnclaveInfo) -> tuple[_Lines, in
     except OSError as error:
         raise nitro_cli_error("ProcessSpawnFailure", detail=f"({error}).") from error
     lines = _Lines(read_fd)
+    deadline = time.monotonic() + _SPAWN_TIMEOUT_S
+    child: int | None = None
     line = lines.readline(_SPAWN_TIMEOUT_S)
+    if line is not None and line.startswith("CHILD "):
+        child = int(line.split()[1]) if line.split()[1].isdecimal() else None
+        line = lines.readline(max(0.0, deadline - time.monotonic()))
     parts = (line or "").split()
     if len(parts) == 3 and parts[0] == "PID" and parts[1].isdecimal() and parts[2].isdecimal():
         return lines, control_write, int(parts[1]), int(parts[2])
     lines.close()
     os.close(control_write)
+    if child is not None:  # it never said it serves: leave no stray process behind
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
     why = line if line and line.startswith("ERROR") else _tail(log) or "no answer"
     raise nitro_cli_error("ProcessSpawnFailure", detail=f"The enclave supervisor did not start: {why}")
 

@@ -4,6 +4,8 @@ nitro-cli runs one detached "enclave process" per enclave (``src/enclave_proc``)
 ours. ``run-enclave`` writes the enclave's record, starts this module, and the two talk over
 two pipes. On ``--ready-fd`` the supervisor writes lines:
 
+0. ``CHILD <pid>``, from the intermediate process of the double fork: who to kill should the
+   supervisor never say more (run-enclave gives up on it after a while; nothing is left).
 1. ``PID <pid> <start-ticks>``: it has detached (double fork, new session); its pid is the
    enclave's ProcessID.
 2. ``NSM``: the enclave's fake NSM serves at ``run/<cid>/nsm.sock``.
@@ -308,11 +310,20 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _detach() -> None:
+def _fork_detached(ready_fd: int) -> None:
+    """The second fork of a double fork: the parent names its child on the pipe and exits."""
+    child = os.fork()
+    if child > 0:
+        _write_line(ready_fd, f"CHILD {child}")
+        os._exit(0)
+
+
+def _detach(ready_fd: int) -> None:
     """Double fork, as nitro-cli's enclave process does: reparented to init, own session."""
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
+    _fork_detached(ready_fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -326,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if enclave is None:
         _write_line(args.ready_fd, f"ERROR 36 no record of enclave {args.enclave_id} in {settings.home}")
         return 1
-    _detach()
+    _detach(args.ready_fd)
     return serve(settings, enclave, args.ready_fd, args.control_fd, args.start_timeout)
 
 
@@ -359,8 +370,7 @@ def spawn_forked(settings: Settings, enclave: EnclaveInfo, log: Path) -> tuple[i
         try:
             gc.freeze()  # the caller's objects are never finalized here (their fds are closed)
             os.setsid()
-            if os.fork() > 0:
-                os._exit(0)
+            _fork_detached(ready_write)
             os.chdir("/")  # hold no directory of the caller busy
             with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
                 comm.write("nitro-emu-encl")  # ps/top name; the command line stays the caller's

@@ -245,3 +245,33 @@ def test_a_dead_engine_is_one_nitro_cli_line(tmp_path: Path, monkeypatch: pytest
     assert status == 36
     assert err.startswith("[ E36 ]") and "no Docker engine answers" in err and "Traceback" not in err
     assert not (tmp_path / "h" / "enclaves").exists() or not any((tmp_path / "h" / "enclaves").iterdir())
+
+
+# --- the supervisor's start (E05) ---------------------------------------------------------------
+
+def test_a_supervisor_that_never_answers_is_e05_and_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run-enclave gives up on a silent supervisor and leaves no stray process behind."""
+    import time
+
+    from emulator import runtime, supervisor
+
+    settings = Settings(home=tmp_path)
+    info = sample()
+    settings.enclave_dir(info.enclave_id).mkdir(parents=True)
+    pid_file = tmp_path / "stuck.pid"
+
+    def stuck(*_args: object, **_kwargs: object) -> int:  # runs in the forked child
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(60)
+        return 0
+
+    monkeypatch.setattr(supervisor, "serve", stuck)
+    monkeypatch.setattr(runtime, "_SPAWN_TIMEOUT_S", 3.0)
+    assert code_of(runtime._spawn_supervisor, settings, info) == 5
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and process_start_ticks(pid) is not None:
+        time.sleep(0.05)
+    assert process_start_ticks(pid) is None, f"the silent supervisor {pid} was left running"

@@ -854,19 +854,27 @@ static uint32_t random_port(void)
     return EPHEMERAL_FIRST + (uint32_t)(x % (EPHEMERAL_LAST - EPHEMERAL_FIRST + 1));
 }
 
+/* Bind fd to the abstract Unix name (a leading NUL, then name); 0 or an errno. */
+static int bind_abstract_name(int fd, const char *name)
+{
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    size_t n = strnlen(name, sizeof addr.sun_path - 1);
+    memcpy(addr.sun_path + 1, name, n);
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+    return real_bind(fd, (struct sockaddr *)&addr, len) == 0 ? 0 : errno;
+}
+
 /* Is a listener alive at addr? A probe connect, as emulator/vsock_enclave.py does. */
 static int listener_alive(const struct sockaddr_un *addr)
 {
     int probe = real_socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (probe < 0)
         return 1; /* cannot tell: do not remove anything */
-    struct sockaddr_un self;
-    memset(&self, 0, sizeof self);
-    self.sun_family = AF_UNIX;
-    int n = snprintf(self.sun_path + 1, sizeof self.sun_path - 1, PROBE_PREFIX "%d:%u",
-                     (int)getpid(), random_port());
-    socklen_t self_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
-    if (real_bind(probe, (struct sockaddr *)&self, self_len) != 0) {
+    char name[64];
+    snprintf(name, sizeof name, PROBE_PREFIX "%d:%u", (int)getpid(), random_port());
+    if (bind_abstract_name(probe, name) != 0) {
         real_close(probe);
         return 1;
     }
@@ -1066,13 +1074,9 @@ static void remove_own_listener(int fd)
 /* Bind the abstract name that carries (own cid, port) to the peer; 0 or an errno. */
 static int bind_abstract(int fd, uint32_t cid, uint32_t port)
 {
-    struct sockaddr_un addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sun_family = AF_UNIX;
-    int n = snprintf(addr.sun_path + 1, sizeof addr.sun_path - 1, ABSTRACT_PREFIX "%u:%u", cid,
-                     port);
-    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
-    return real_bind(fd, (struct sockaddr *)&addr, len) == 0 ? 0 : errno;
+    char name[64];
+    snprintf(name, sizeof name, ABSTRACT_PREFIX "%u:%u", cid, port);
+    return bind_abstract_name(fd, name);
 }
 
 EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)

@@ -19,9 +19,13 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emulator.nitro_cli_errors import nitro_cli_error
 from emulator.settings import Settings
+
+if TYPE_CHECKING:
+    from ca import TestCA
 
 ENV_CPU_POOL = "NITRO_EMU_CPU_POOL"
 DEFAULT_CPU_POOL = "1-31"
@@ -253,3 +257,20 @@ def _ranges(ids: Sequence[int]) -> str:
         if cpu is not None:
             start = prev = cpu
     return ",".join(parts)
+
+
+def open_home_ca(settings: Settings, *, create: bool = True) -> TestCA:
+    """The test CA of this state dir; created, named after its parent instance, if missing.
+
+    Every piece that signs (supervisors, ``attest``, ``nsm serve``, the pytest plugin) opens
+    the CA here, so that whichever runs first, the instance certificate's CN and PCR4 name
+    the same instance id.
+    """
+    from ca import TestCA
+
+    if not create:
+        return TestCA.load(settings.ca_dir)
+    settings.ensure_home()
+    if (settings.ca_dir / "ca.json").is_file():
+        return TestCA.load_or_create(settings.ca_dir)
+    return TestCA.load_or_create(settings.ca_dir, instance_id=load_instance_id(settings))

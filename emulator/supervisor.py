@@ -157,7 +157,7 @@ class Supervisor:
         self._check_nsm()
 
     def _start_nsm(self) -> None:
-        from ca import TestCA
+        from emulator.enclave_resources import open_home_ca
         from fake_nsm.device import NsmDevice
         from fake_nsm.document_signer import DocumentSigner
         from fake_nsm.server import NsmServer
@@ -167,7 +167,7 @@ class Supervisor:
             for key, value in self.enclave.measurements.items()
             if key.startswith("PCR")
         }
-        ca = TestCA.load_or_create(self.settings.ca_dir)
+        ca = open_home_ca(self.settings)
         signer = DocumentSigner(ca, self.enclave.enclave_id)
         device = NsmDevice(
             module_id=self.enclave.enclave_id,

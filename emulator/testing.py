@@ -223,9 +223,9 @@ class EnclaveFactory:
     def ca(self) -> Any:
         """The test CA of this state dir (the one every enclave's NSM signs with)."""
         if self._ca is None:
-            from ca import TestCA
+            from emulator.enclave_resources import open_home_ca
 
-            self._ca = TestCA.load_or_create(Settings(self.home).ca_dir)
+            self._ca = open_home_ca(Settings(self.home))
         return self._ca
 
     def build(self, spec: EnclaveSpec) -> BuiltEnclave:

@@ -169,14 +169,15 @@ def _module_id(requested: str | None, instance_id: str, moment: datetime) -> str
 
 
 def _attest(args: argparse.Namespace) -> int:
-    from emulator.commands.ca import open_ca
+    from emulator.enclave_resources import open_home_ca
+    from emulator.settings import get_settings
     from fake_nsm.document_signer import DocumentSigner, timestamp_ms
 
     moment = _moment(args.at)
     user_data = _hex("--user-data", args.user_data)
     nonce = _hex("--nonce", args.nonce)
     public_key = _public_key(args.public_key)
-    ca = open_ca()
+    ca = open_home_ca(get_settings())
     module_id = _module_id(args.module_id, ca.instance_id, moment)
     instance_id = module_id.split("-enc")[0]
     pcrs = build_pcrs(instance_id, args.pcr, args.debug_mode)

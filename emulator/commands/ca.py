@@ -10,12 +10,9 @@ import argparse
 import hashlib
 import json
 import sys
-from typing import TYPE_CHECKING
 
-from emulator.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from ca import TestCA
+from emulator.enclave_resources import open_home_ca
+from emulator.settings import get_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -58,23 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     export.set_defaults(handler=_export_root)
 
 
-def open_ca(settings: Settings | None = None, *, create: bool = True) -> TestCA:
-    """The test CA of this state dir, created (named after the parent instance) if missing."""
-    from ca import TestCA
-
-    settings = settings or get_settings()
-    if not create:
-        return TestCA.load(settings.ca_dir)
-    from emulator.enclave_resources import load_instance_id
-
-    settings.ensure_home()
-    if (settings.ca_dir / "ca.json").is_file():
-        return TestCA.load_or_create(settings.ca_dir)
-    return TestCA.load_or_create(settings.ca_dir, instance_id=load_instance_id(settings))
-
-
 def _init(args: argparse.Namespace) -> int:
-    ca = open_ca()
+    ca = open_home_ca(get_settings())
     if ca.created:
         print(f"Created a test CA in {ca.directory}")
     else:
@@ -92,7 +74,7 @@ def _init(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    ca = open_ca(create=False)
+    ca = open_home_ca(get_settings(), create=False)
     chain = []
     for level, cert in ca.certificates():
         chain.append(
@@ -118,7 +100,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _export_root(args: argparse.Namespace) -> int:
-    ca = open_ca()
+    ca = open_home_ca(get_settings())
     if ca.created:
         print(f"nitro-emu: created a new test CA in {ca.directory}", file=sys.stderr)
     data = ca.root_der if args.der else ca.root_pem

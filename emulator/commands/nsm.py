@@ -91,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
     pcrs = _parse_pcrs(args.pcr)
     instance_id, module_id = enclave_ids(args.instance_id, args.module_id)
 
-    from ca import TestCA
+    from emulator.enclave_resources import open_home_ca
     from emulator.settings import get_settings
     from fake_nsm.device import NsmDevice
     from fake_nsm.document_signer import DocumentSigner
@@ -99,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     settings.ensure_home()
-    signer = DocumentSigner(TestCA.load_or_create(settings.ca_dir), module_id)
+    signer = DocumentSigner(open_home_ca(settings), module_id)
     device = NsmDevice(
         module_id=module_id,
         signer=signer,

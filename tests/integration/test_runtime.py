@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from emulator.errors import NitroCliError
 from runtime_helpers import minimum_memory, wait_for_output
@@ -131,6 +133,11 @@ def test_enclaves_are_isolated_and_attested_as_built(  # type: ignore[no-untyped
         assert {i: document.pcrs[i] for i in (0, 1, 2)} == expected
         assert document.pcrs[8] == bytes(48)  # unsigned EIF
         assert document.pcrs[4] == instance_pcr(enclave["EnclaveID"].split("-enc")[0])
+        # The instance certificate names the same parent instance as PCR4 (the supervisor
+        # created this home's CA: it must take the home's instance id, as `ca init` would).
+        instance_cert = x509.load_der_x509_certificate(document.cabundle[-1])
+        common_name = instance_cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        assert str(common_name).startswith(enclave["EnclaveID"].split("-enc")[0] + ".")
 
     status, out, _ = cli(capsys, "console", "--enclave-id", run["EnclaveID"], "--disconnect-timeout", "1")
     assert status == 0

@@ -275,3 +275,11 @@ def test_a_supervisor_that_never_answers_is_e05_and_is_killed(
     while time.monotonic() < deadline and process_start_ticks(pid) is not None:
         time.sleep(0.05)
     assert process_start_ticks(pid) is None, f"the silent supervisor {pid} was left running"
+
+
+def test_the_home_ca_names_the_home_instance_whoever_creates_it_first(tmp_path: Path) -> None:
+    """PCR4 (from the instance id) and the instance certificate's CN must name one instance."""
+    settings = Settings(home=tmp_path / "home")
+    ca = res.open_home_ca(settings)  # e.g. a supervisor, before any `ca init` or `attest`
+    assert ca.instance_id == res.load_instance_id(settings)
+    assert res.open_home_ca(settings).instance_id == ca.instance_id

@@ -257,7 +257,8 @@ def nitro_cli_error(code: int | str, *info: str, detail: str | None = None) -> N
     row = lookup(code)
     message = row.message(*info)
     if detail:
-        message = f"{message} {detail}"
+        # nitro-cli's texts do not all end a sentence; ours start one.
+        message = f"{message.rstrip()}{'' if message.rstrip().endswith(('.', ':', '!', '?')) else '.'} {detail}"
     return NitroCliError(row.code, message)
 
 

@@ -375,6 +375,13 @@ def find_enclave(*, enclave_id: str | None = None, name: str | None = None) -> E
     for record in records:
         if record.enclave_id == enclave_id:
             return record
+    ended = exit_reason(enclave_id) if enclave_id else None
+    if ended is not None:
+        raise nitro_cli_error(
+            "SocketError",
+            detail=f"Enclave {enclave_id} has ended: {ended} (its last output is in "
+            f"{log_path(settings, enclave_id)}).",
+        )
     raise nitro_cli_error(
         "SocketError",
         detail=f"No running enclave has the id {enclave_id!r}; list them with describe-enclaves.",

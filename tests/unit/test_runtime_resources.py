@@ -283,3 +283,18 @@ def test_the_home_ca_names_the_home_instance_whoever_creates_it_first(tmp_path: 
     ca = res.open_home_ca(settings)  # e.g. a supervisor, before any `ca init` or `attest`
     assert ca.instance_id == res.load_instance_id(settings)
     assert res.open_home_ca(settings).instance_id == ca.instance_id
+
+
+def test_an_ended_enclave_is_e11_with_why_it_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emulator.reaper import write_exit_log
+    from emulator.runtime import find_enclave
+
+    monkeypatch.setenv("NITRO_EMU_HOME", str(tmp_path))
+    info = sample()
+    write_exit_log(Settings(home=tmp_path), info, info.enclave_id, "out of memory (OOM)", "last words\n")
+    with pytest.raises(NitroCliError) as caught:
+        find_enclave(enclave_id=info.enclave_id)
+    assert caught.value.code == 11
+    assert f"Enclave {info.enclave_id} has ended: out of memory (OOM)" in str(caught.value)
+    with pytest.raises(NitroCliError, match="No running enclave has the id"):
+        find_enclave(enclave_id="i-0123456789abcdef0-enc0000000000000000")

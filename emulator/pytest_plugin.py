@@ -23,7 +23,7 @@ range and worker-tagged enclave names.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 
 KEEP_CHOICES = ("never", "failed", "always")
 MARKER = "nitro_enclave"
-_HANDLES = pytest.StashKey[list]()
-_REPORTS = pytest.StashKey[dict]()
-_KEPT = pytest.StashKey[list]()  # (enclave id, summary line)
+_HANDLES: pytest.StashKey[list[EnclaveHandle]] = pytest.StashKey()
+_REPORTS: pytest.StashKey[dict[str, pytest.TestReport]] = pytest.StashKey()  # by phase ("setup", "call", ...)
+_KEPT: pytest.StashKey[list[tuple[str, str]]] = pytest.StashKey()  # (enclave id, summary line)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -197,7 +197,9 @@ def _dead_enclave(item: pytest.Item) -> EnclaveHandle | None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Remember each phase's report; attach the enclaves' output to a failed one."""
     report: pytest.TestReport = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report

@@ -376,7 +376,7 @@ def find_enclave(*, enclave_id: str | None = None, name: str | None = None) -> E
         if record.enclave_id == enclave_id:
             return record
     ended = exit_reason(enclave_id) if enclave_id else None
-    if ended is not None:
+    if ended is not None and enclave_id:  # ``and``: only narrows the type (ended implies an id)
         raise nitro_cli_error(
             "SocketError",
             detail=f"Enclave {enclave_id} has ended: {ended} (its last output is in "

@@ -331,7 +331,8 @@ def listen(port: int, *, backlog: int = 128) -> Listener:
     """Listen on VSOCK ``port`` of this enclave (VMADDR_PORT_ANY picks a free one)."""
     check_port(port, allow_any=True)
     if not emulated():
-        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+        # typeshed declares AF_VSOCK on Linux only: the ignore is for mypy on other platforms.
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined, unused-ignore]
         try:
             sock.bind((VMADDR_CID_ANY, port))
             sock.listen(backlog)
@@ -349,7 +350,8 @@ def connect(cid: int, port: int, *, timeout: Optional[float] = None) -> socket.s
     check_cid(cid)
     check_port(port)
     if not emulated():
-        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+        # typeshed declares AF_VSOCK on Linux only: the ignore is for mypy on other platforms.
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)  # type: ignore[attr-defined, unused-ignore]
         sock.settimeout(timeout)
         try:
             sock.connect((cid, port))

@@ -24,7 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attest",  # attest
     "verify",  # verify
     "nsm",  # nsm serve
-    "eif",  # build-enclave, describe-eif, pcr
+    "eif",  # build-enclave, describe-eif, pcr, prune-images
     "enclaves",  # run-enclave, describe-enclaves, terminate-enclave, console, explain
     "vsock",  # vsock-forward, vsock connect/listen helpers
     "shim",  # exec (LD_PRELOAD for unmodified parent programs)

@@ -212,7 +212,7 @@ def _prune_images(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add build-enclave, describe-eif, pcr and prune-images to the top-level parser."""
     build = subparsers.add_parser(
-        "build-enclave", help="Build an enclave image file (EIF) from a Docker image."
+        "build-enclave", help="build an enclave image file (EIF) from a Docker image"
     )
     build.add_argument("--docker-uri", required=True, help="the Docker image to build from")
     build.add_argument("--docker-dir", help="build the image from this Dockerfile directory first")
@@ -224,12 +224,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     build.add_argument("--metadata", help="a JSON file stored as the EIF's custom metadata")
     build.set_defaults(handler=_build_enclave)
 
-    describe = subparsers.add_parser("describe-eif", help="Describe an enclave image file.")
+    describe = subparsers.add_parser("describe-eif", help="describe an enclave image file")
     describe.add_argument("--eif-path", required=True, help="the EIF to describe")
     describe.set_defaults(handler=_describe_eif)
 
     pcr = subparsers.add_parser(
-        "pcr", help="Compute the PCR of a file, or PCR8 of a signing certificate."
+        "pcr", help="compute the PCR of a file, or PCR8 of a signing certificate"
     )
     pcr.add_argument("--input", help="the file to measure")
     pcr.add_argument("--signing-certificate", help="the PEM certificate whose PCR8 to compute")
@@ -237,7 +237,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     prune = subparsers.add_parser(
         "prune-images",
-        help="Remove the cached enclave images (nitro-emu/enclave:*) that no container uses.",
+        help="remove the cached enclave images (nitro-emu/enclave:*) that no container uses",
     )
     prune.add_argument(
         "--all-unused", action="store_true", default=True,

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import docker
 import docker.errors
 
-from emulator.docker_client import docker_client
+from emulator.docker_client import docker_client, image_exists
 from emulator.errors import EmulatorError
 
 BASE_IMAGE_TAG = "nitro-emu/base:bookworm"
@@ -36,14 +36,6 @@ _SUITE = "bookworm"
 
 class BaseImageError(EmulatorError):
     """The local base image could not be built."""
-
-
-def _image_exists(client: docker.DockerClient, tag: str) -> bool:
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
 
 
 def ensure_base_image(
@@ -61,7 +53,7 @@ def ensure_base_image(
         BaseImageError: neither way worked; the message says what each one needs.
     """
     client = client or docker_client()
-    if _image_exists(client, tag):
+    if image_exists(client, tag):
         return tag
     debootstrap = shutil.which("debootstrap")
     if debootstrap is not None and os.geteuid() == 0:

@@ -37,6 +37,15 @@ def _check_unix_socket(path: str) -> None:
         probe.close()
 
 
+def image_exists(client: docker.DockerClient, tag: str) -> bool:
+    """Whether the engine has an image by this name (other engine errors propagate)."""
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
 def docker_client() -> docker.DockerClient:
     """A client of the engine named by ``DOCKER_HOST`` (or the local socket), checked alive."""
     path = _unix_socket_path()

@@ -73,16 +73,6 @@ def describe_metadata(raw: Mapping[str, Any] | None) -> tuple[str | None, str | 
     return name, version, metadata
 
 
-def _image_present(client: docker.DockerClient, tag: str) -> bool:
-    import docker.errors
-
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
-
-
 def summarize_eif(settings: Settings, client: docker.DockerClient, eif_path: Path) -> EifSummary:
     """Verify the EIF (E19 unreadable, E35 malformed or bad CRC) and load its image."""
     path = eif_path.expanduser().absolute()
@@ -98,10 +88,12 @@ def summarize_eif(settings: Settings, client: docker.DockerClient, eif_path: Pat
     if not path.is_file():
         raise nitro_cli_error("FileOperationFailure", str(path), "Open", detail="--eif-path is not a file.")
     cache_file = settings.cache_dir / "eif" / f"{_key(path, stat)}.json"
+    from emulator.docker_client import image_exists
+
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         data = json.loads(cache_file.read_text())
         summary = EifSummary(**{**data, "path": Path(data["path"])})
-        if _image_present(client, summary.image_tag):
+        if image_exists(client, summary.image_tag):
             return summary
     summary = _verify_and_load(client, path, stat.st_size)
     cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -103,17 +103,15 @@ class EnclaveBuilder:
 
     def build_image(self, directory: Path, *, build_args: Mapping[str, str] | None = None) -> str:
         """The tag of the image built from ``directory`` (built now if this content is new)."""
-        from emulator.enclave_spec import EnclaveBuildError
-
         import docker.errors
+
+        from emulator.docker_client import image_exists
+        from emulator.enclave_spec import EnclaveBuildError
 
         client = self._docker()
         tag = f"{TEST_IMAGE_REPOSITORY}/{directory_digest(directory, build_args)[:24]}:latest"
-        try:
-            client.images.get(tag)
+        if image_exists(client, tag):
             return tag
-        except docker.errors.ImageNotFound:
-            pass
         try:
             client.images.build(
                 path=str(directory),

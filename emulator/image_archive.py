@@ -33,6 +33,7 @@ import docker.errors
 import requests.exceptions
 from docker.utils import parse_repository_tag
 
+from emulator.docker_client import image_exists
 from emulator.eif import EifImage, Section
 from emulator.eif_format import EifFormatError
 from emulator.errors import NitroCliError
@@ -327,11 +328,8 @@ def load_enclave_image(docker_client: docker.DockerClient, eif: EifImage) -> str
         EnclaveImageLoadError: the engine refused the import.
     """
     tag = enclave_image_tag(eif)
-    try:
-        docker_client.images.get(tag)
+    if image_exists(docker_client, tag):
         return tag
-    except docker.errors.ImageNotFound:
-        pass
     ramdisks = eif.ramdisks
     if len(ramdisks) < 2:
         raise EifFormatError(eif.path, "it has no application ramdisk (only the boot ramdisk)")

@@ -1,7 +1,7 @@
 """Benchmark: build-enclave of a ~100 MB image versus ``docker save`` of the same image.
 
 Builds ``<base> + a 90 MB random file`` with the Docker SDK, then times, alternately,
-``emulator.eif.build_eif`` (export, canonical archive, PCRs, CRC, EIF write) and
+``emulator.eif.file.build_eif`` (export, canonical archive, PCRs, CRC, EIF write) and
 ``image.save()`` streamed to a file (the baseline, measured in the same run). Prints the
 machine, each median and the ratio. Removes the image and files it created.
 
@@ -24,7 +24,7 @@ import docker.errors
 
 import _machine  # bench/ is on sys.path when run as a script
 
-from emulator.base_image import BASE_IMAGE_TAG
+from emulator.engine.base_image import BASE_IMAGE_TAG
 from emulator.eif import build_eif
 
 

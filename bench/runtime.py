@@ -5,7 +5,7 @@ NSM for DescribeNSM and prints the wall-clock time of the answer; without an NSM
 prints the time at once). The container shares the host's clock, so the printed time minus
 the time just before the call is the latency, free of any log polling.
 
-- enclave: ``emulator.runtime.run_enclave`` (the API under ``nitro-emu run-enclave``, in
+- enclave: ``emulator.enclave.runtime.run_enclave`` (the API under ``nitro-emu run-enclave``, in
   process: no CLI start-up) of the app's EIF, until the app's NSM answer;
 - baselines: ``docker.containers.run`` (network none) until the first output, of (a) the
   image the enclave runs (the application image loaded from the EIF: the runtime's own
@@ -90,7 +90,7 @@ def run_baseline(client: docker.DockerClient, tag: str) -> float:
 
 
 def run_enclave_once(client: docker.DockerClient, eif: Path, memory: int) -> float:
-    from emulator.runtime import run_enclave, terminate_enclave
+    from emulator.enclave.runtime import run_enclave, terminate_enclave
 
     start = time.time()
     info = run_enclave(eif, memory_mib=memory, cpu_count=2, client=client)
@@ -105,7 +105,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10)
     options = parser.parse_args()
-    from emulator.base_image import ensure_base_image
+    from emulator.engine.base_image import ensure_base_image
     from emulator.eif import build_eif
 
     client = docker.from_env()
@@ -119,7 +119,7 @@ def main() -> int:
         memory = -(-eif_size // (1 << 20)) * 4
         run_enclave_once(client, eif, memory)  # warm-up: image import, CA creation, EIF cache
         from emulator.eif import read_eif
-        from emulator.image_archive import enclave_image_tag
+        from emulator.eif.ramdisk import enclave_image_tag
 
         enclave_tag = enclave_image_tag(read_eif(eif))
         run_baseline(client, tag)

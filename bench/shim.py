@@ -27,7 +27,7 @@ import cbor2  # noqa: E402
 import _machine  # noqa: E402  # bench/ is on sys.path when run as a script
 
 from emulator.settings import Settings  # noqa: E402
-from emulator.shim_build import ensure_shim  # noqa: E402
+from emulator.shim.build import ensure_shim  # noqa: E402
 from fake_nsm.client import NsmClient, SocketTransport  # noqa: E402
 from fake_nsm.server import NsmServer  # noqa: E402
 

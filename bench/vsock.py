@@ -58,7 +58,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 PLAIN_SERVER = """
 import signal, socket, sys, threading
-from emulator import vsock_peer
+from emulator.vsock import peer as vsock_peer
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 for kind, path in (("discard", sys.argv[1]), ("echo", sys.argv[2])):
     listener = socket.socket(socket.AF_UNIX)
@@ -104,7 +104,7 @@ def process_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[Co
     (home / "run" / "parent").mkdir(exist_ok=True)
     (run_dir / "parent").symlink_to("../parent")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NITRO_EMU_CID": "16", "NITRO_EMU_VSOCK_ROOT": str(run_dir)}
-    proc = _spawn("import sys; from emulator.vsock_peer import main; sys.exit(main(sys.argv[1:]))", env, *PROGRAM)
+    proc = _spawn("import sys; from emulator.vsock.peer import main; sys.exit(main(sys.argv[1:]))", env, *PROGRAM)
     try:
         yield 16, None, None
     finally:
@@ -121,8 +121,8 @@ def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[
     """
     import docker
 
-    from emulator.runtime import run_enclave, terminate_enclave
-    from emulator.vsock_peer_image import peer_eif
+    from emulator.enclave.runtime import run_enclave, terminate_enclave
+    from emulator.vsock.peer_image import peer_eif
 
     client = docker.from_env()
     eif = peer_eif(client, PROGRAM, home.parent / "bench.eif")
@@ -135,7 +135,7 @@ def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[
                 raise RuntimeError("the enclave never listened on port 5000")
             time.sleep(0.05)
         (container,) = client.containers.list(filters={"label": f"org.nitro-emu.enclave-id={info.enclave_id}"})
-        inside = PLAIN_SERVER.replace("from emulator import vsock_peer", "sys.path.insert(0, '/app'); import vsock_peer")
+        inside = PLAIN_SERVER.replace("from emulator.vsock import peer as vsock_peer", "sys.path.insert(0, '/app'); import vsock_peer")
         container.exec_run(
             ["python3", "-c", inside, "/run/nitro-emu/bench-discard", "/run/nitro-emu/bench-echo"], detach=True
         )

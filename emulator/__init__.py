@@ -5,7 +5,7 @@
     >>> with running_enclave("app.eif", memory_mib=512, cpu_count=2) as enclave:
     ...     sock = vsock.connect(enclave.cid, 5000)
 
-Names are imported lazily (PEP 562), so ``import emulator.vsock_enclave`` inside an enclave
+Names are imported lazily (PEP 562), so ``import emulator.vsock.enclave`` inside an enclave
 image that has only Python never pulls in the Docker SDK.
 
 Errors: every error derives from :class:`EmulatorError`; those nitro-cli reports with a
@@ -19,19 +19,19 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "EmulatorError": "emulator.errors",
-    "EnclaveInfo": "emulator.runtime",
+    "EnclaveInfo": "emulator.enclave.runtime",
     "NitroCliError": "emulator.errors",
     "Settings": "emulator.settings",
-    "build_eif": "emulator.eif",
-    "describe_enclaves": "emulator.runtime",
-    "docker_client": "emulator.docker_client",
-    "enclave_logs": "emulator.runtime",
-    "ensure_base_image": "emulator.base_image",
+    "build_eif": "emulator.eif.build",
+    "describe_enclaves": "emulator.enclave.runtime",
+    "docker_client": "emulator.engine.client",
+    "enclave_logs": "emulator.enclave.runtime",
+    "ensure_base_image": "emulator.engine.base_image",
     "get_settings": "emulator.settings",
-    "read_eif": "emulator.eif",
-    "run_enclave": "emulator.runtime",
-    "running_enclave": "emulator.runtime",
-    "terminate_enclave": "emulator.runtime",
+    "read_eif": "emulator.eif.file",
+    "run_enclave": "emulator.enclave.runtime",
+    "running_enclave": "emulator.enclave.runtime",
+    "terminate_enclave": "emulator.enclave.runtime",
 }
 _SUBMODULES = frozenset({"vsock", "vsock_enclave", "testing"})
 

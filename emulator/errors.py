@@ -2,7 +2,7 @@
 
 EmulatorError
  +-- NitroCliError         a failure with a nitro-cli error code (``[ Exx ]``, exit status)
- +-- BaseImageError        (emulator.base_image)
+ +-- BaseImageError        (emulator.engine.base_image)
  +-- ...                   one subclass per failure a caller can act on, next to its module
 """
 

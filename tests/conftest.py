@@ -46,7 +46,7 @@ def docker_client():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def base_image(docker_client) -> str:  # type: ignore[no-untyped-def]
     """A local Debian image with Python 3 and cbor2 (debootstrap'd once, cached by tag)."""
-    from emulator.base_image import ensure_base_image
+    from emulator.engine.base_image import ensure_base_image
 
     return ensure_base_image(docker_client)
 

@@ -72,7 +72,7 @@
 #define EPHEMERAL_FIRST 1024u
 #define EPHEMERAL_LAST 0x7FFFFFFFu
 #define ABSTRACT_PREFIX "nitro-emu-vsock:"
-/* A liveness probe binds this name so that listeners drop it unseen (emulator/vsock_enclave.py). */
+/* A liveness probe binds this name so that listeners drop it unseen (emulator/vsock/enclave.py). */
 #define PROBE_PREFIX "nitro-emu-vsock-probe:"
 #define SO_VM_SOCKETS_BUFFER_SIZE_ 0
 #define SO_VM_SOCKETS_BUFFER_MIN_SIZE_ 1
@@ -173,7 +173,7 @@ struct fd_info {
     uint32_t local_cid, local_port, peer_cid, peer_port;
     pid_t owner;          /* listener: the process that created its socket file */
     dev_t path_dev;       /* listener: the socket file's identity, so close() only */
-    ino_t path_ino;       /*   removes its own file (as emulator/vsock_enclave.py does) */
+    ino_t path_ino;       /*   removes its own file (as emulator/vsock/enclave.py does) */
 };
 
 #define CHUNK_BITS 10
@@ -794,7 +794,7 @@ static int listener_dir(uint32_t cid, char *out, size_t size)
 
 /*
  * A sockaddr_un for <dir>/<port>. Paths longer than sun_path go through
- * /proc/self/fd/<dirfd>/<port> (as emulator/vsock_enclave.py does); *dirfd is then open.
+ * /proc/self/fd/<dirfd>/<port> (as emulator/vsock/enclave.py does); *dirfd is then open.
  */
 static int unix_address(const char *dir, uint32_t port, struct sockaddr_un *addr, int *dirfd)
 {
@@ -866,7 +866,7 @@ static int bind_abstract_name(int fd, const char *name)
     return real_bind(fd, (struct sockaddr *)&addr, len) == 0 ? 0 : errno;
 }
 
-/* Is a listener alive at addr? A probe connect, as emulator/vsock_enclave.py does. */
+/* Is a listener alive at addr? A probe connect, as emulator/vsock/enclave.py does. */
 static int listener_alive(const struct sockaddr_un *addr)
 {
     int probe = real_socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -989,7 +989,7 @@ static int bind_listener(int fd, const char *dir, uint32_t port, struct fd_info 
     int lock = open_real != NULL ? open_real(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
     if (lock < 0)
         return errno == ENOENT ? EADDRNOTAVAIL : errno;
-    flock(lock, LOCK_EX); /* the same lock as emulator/vsock_enclave.py's bind_listener */
+    flock(lock, LOCK_EX); /* the same lock as emulator/vsock/enclave.py's bind_listener */
     struct sockaddr_un addr;
     int dirfd;
     int error = unix_address(dir, port, &addr, &dirfd);

@@ -4,7 +4,7 @@
   base image with ``files`` ({path in image: text or bytes}) and, by default, the project's
   ``fake_nsm`` package on ``PYTHONPATH`` (so enclave code can ``import fake_nsm.client``).
   Cached by content hash (tag ``nitro-emu-test/app:<hash>``).
-- ``build_app_eif(image, directory)``: ``emulator.eif.build_eif`` -> (path, Measurements).
+- ``build_app_eif(image, directory)``: ``emulator.eif.file.build_eif`` -> (path, Measurements).
 - ``run_test_enclave(eif, memory_mib=..., ...)``: a context manager that runs an enclave
   in the current ``NITRO_EMU_HOME`` and always terminates it.
 - ``probe_eif``: a session EIF whose app prints one JSON line of facts (``FACTS {...}``)
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_helpers import PROBE_APP, minimum_memory, wait_for_output  # noqa: F401 - re-exported
+from tests.integration.runtime_helpers import PROBE_APP, minimum_memory, wait_for_output  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_REPOSITORY = "nitro-emu-test/app"
@@ -107,7 +107,7 @@ def probe_eif(build_app_eif, probe_image, tmp_path_factory) -> tuple[Path, Any]:
 @pytest.fixture
 def run_test_enclave() -> Callable[..., contextlib.AbstractContextManager[Any]]:
     """Context manager factory: run an enclave (current home) and always terminate it."""
-    from emulator.runtime import running_enclave
+    from emulator.enclave.runtime import running_enclave
 
     return running_enclave
 
@@ -115,8 +115,8 @@ def run_test_enclave() -> Callable[..., contextlib.AbstractContextManager[Any]]:
 def _leftovers(home: Path) -> list[str]:
     import docker
 
-    from emulator.enclave_container import LABEL_HOME
-    from emulator.enclave_state import list_records, supervisor_alive
+    from emulator.enclave.container import LABEL_HOME
+    from emulator.enclave.state import list_records, supervisor_alive
     from emulator.settings import Settings
 
     settings = Settings(home=home)
@@ -166,8 +166,8 @@ def _leftovers_quiet(home: Path) -> bool:
     """True while anything of the home's enclaves exists (no cleanup)."""
     import docker
 
-    from emulator.enclave_container import LABEL_HOME
-    from emulator.enclave_state import list_records
+    from emulator.enclave.container import LABEL_HOME
+    from emulator.enclave.state import list_records
     from emulator.settings import Settings
 
     settings = Settings(home=home)

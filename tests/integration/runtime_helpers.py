@@ -107,7 +107,7 @@ def minimum_memory(eif: Path) -> int:
 
 def wait_for_output(enclave_id: str, marker: str, timeout: float = 30.0) -> str:
     """The enclave's output once a line starting with ``marker`` appeared in it."""
-    from emulator.runtime import enclave_logs
+    from emulator.enclave.runtime import enclave_logs
 
     deadline = time.monotonic() + timeout
     text = ""

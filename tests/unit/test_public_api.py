@@ -26,7 +26,7 @@ def test_unknown_names_raise_attribute_error() -> None:
         emulator.nope  # noqa: B018
 
 
-@pytest.mark.parametrize("module", ["fake_nsm.client", "emulator.vsock_enclave"])
+@pytest.mark.parametrize("module", ["fake_nsm.client", "emulator.vsock.enclave"])
 def test_enclave_side_modules_import_only_stdlib_and_cbor2(module: str) -> None:
     """Inside an enclave image only Python and cbor2 exist: nothing heavier may load."""
     heavy = ("cryptography", "pycose", "docker", "requests", "urllib3")

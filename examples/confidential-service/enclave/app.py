@@ -7,7 +7,7 @@ binds that public key and the client's nonce, then serves sealed requests (see
 returning its SHA-256, both replies sealed back to the requesting client.
 
 Runs unchanged on real Nitro (``/dev/nsm``, ``AF_VSOCK``) and in nitro-emu (the NSM socket
-and the VSOCK mirror), because it uses ``fake_nsm.client`` and ``emulator.vsock_enclave``.
+and the VSOCK mirror), because it uses ``fake_nsm.client`` and ``emulator.vsock.enclave``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import protocol
-from emulator import vsock_enclave
+from emulator.vsock import enclave as vsock_enclave
 from fake_nsm.client import NsmClient
 
 

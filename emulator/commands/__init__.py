@@ -1,1 +1,0 @@
-"""One module per command group of ``nitro-emu``; see :mod:`emulator.cli`."""

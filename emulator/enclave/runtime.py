@@ -1,0 +1,425 @@
+"""Run, describe, terminate enclaves: the Python API under ``nitro-emu run-enclave`` & co.
+
+::
+
+    from emulator.enclave.runtime import run_enclave, terminate_enclave
+
+    info = run_enclave("app.eif", memory_mib=512, cpu_count=2, debug_mode=True)
+    print(info.to_nitro_cli_json(kind="run"))
+    terminate_enclave(info.enclave_id)
+
+    with running_enclave("app.eif", memory_mib=512, cpu_count=2) as info:
+        ...                                   # terminated on exit, whatever happens
+
+Every call first reaps what killed processes left (:mod:`emulator.enclave.reaper`). Failures raise
+:class:`~emulator.errors.NitroCliError` with nitro-cli's code (issue 4, "Bad input").
+Lifecycle and the supervisor: :mod:`emulator.enclave.supervisor`; the container:
+:mod:`emulator.enclave.container`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emulator.eif.cache import EifSummary, summarize_eif
+from emulator.enclave.resources import (
+    allocate_cid,
+    allocate_cpus,
+    check_memory,
+    host_cpuset,
+    load_instance_id,
+    new_enclave_id,
+)
+from emulator.enclave.resources import enclave_name as unique_name
+from emulator.enclave.state import (
+    FLAGS_DEBUG,
+    FLAGS_NONE,
+    STATE_EMPTY,
+    SUPERVISOR_LOG,
+    EnclaveInfo,
+    home_lock,
+    list_records,
+    read_record,
+    supervisor_alive,
+    write_record,
+)
+from emulator.errors import NitroCliError
+from emulator.nitro_cli_errors import nitro_cli_error
+from emulator.enclave.engine import enclave_engine
+from emulator.enclave.reaper import cleanup_enclave, log_path, reap
+from emulator.settings import Settings, get_settings
+
+# Console streaming and exit reasons live next door; re-exported as part of this API.
+from emulator.enclave.console import exit_reason, pop_exit_notices, stream_console  # noqa: E402
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = [
+    "EnclaveInfo",
+    "describe_enclaves",
+    "enclave_logs",
+    "exit_reason",
+    "find_enclave",
+    "pop_exit_notices",
+    "reap_now",
+    "run_enclave",
+    "running_enclave",
+    "stream_console",
+    "terminate_all",
+    "terminate_enclave",
+]
+
+#: nitro-cli waits 90 s per started 6 GiB of EIF for the boot signal (resource_manager.rs).
+BOOT_TIMEOUT_S = 90.0
+#: How long terminate waits for the supervisor's graceful exit before SIGKILL.
+TERMINATE_TIMEOUT_S = 15.0
+_SPAWN_TIMEOUT_S = 20.0
+
+
+class _Lines:
+    """Lines from the supervisor's readiness pipe, with a deadline per line."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def readline(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return None  # EOF: the supervisor died
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def _wait_gone(info: EnclaveInfo, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while supervisor_alive(info):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _spawn_supervisor(settings: Settings, info: EnclaveInfo) -> tuple[_Lines, int, int, int]:
+    """Start the detached supervisor (E05 on failure).
+
+    A fork of this process by default; ``NITRO_EMU_SUPERVISOR_EXEC=1`` runs
+    ``python -m emulator.enclave.supervisor`` instead (slower: a fresh interpreter). Returns its
+    status pipe, the write end of its control pipe, its pid and start ticks.
+    """
+    log = settings.enclave_dir(info.enclave_id) / SUPERVISOR_LOG
+    try:
+        if os.environ.get("NITRO_EMU_SUPERVISOR_EXEC") == "1":
+            read_fd, control_write = _exec_supervisor(settings, info, log)
+        else:
+            from emulator.enclave.supervisor import spawn_forked
+
+            read_fd, control_write = spawn_forked(settings, info, log)
+    except OSError as error:
+        raise nitro_cli_error("ProcessSpawnFailure", detail=f"({error}).") from error
+    lines = _Lines(read_fd)
+    deadline = time.monotonic() + _SPAWN_TIMEOUT_S
+    child: int | None = None
+    line = lines.readline(_SPAWN_TIMEOUT_S)
+    if line is not None and line.startswith("CHILD "):
+        child = int(line.split()[1]) if line.split()[1].isdecimal() else None
+        line = lines.readline(max(0.0, deadline - time.monotonic()))
+    parts = (line or "").split()
+    if len(parts) == 3 and parts[0] == "PID" and parts[1].isdecimal() and parts[2].isdecimal():
+        return lines, control_write, int(parts[1]), int(parts[2])
+    lines.close()
+    os.close(control_write)
+    if child is not None:  # it never said it serves: leave no stray process behind
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
+    why = line if line and line.startswith("ERROR") else _tail(log) or "no answer"
+    raise nitro_cli_error("ProcessSpawnFailure", detail=f"The enclave supervisor did not start: {why}")
+
+
+def _exec_supervisor(settings: Settings, info: EnclaveInfo, log: Path) -> tuple[int, int]:
+    read_fd, write_fd = os.pipe()
+    control_read, control_write = os.pipe()
+    env = dict(os.environ, NITRO_EMU_HOME=str(settings.home))
+    try:
+        with open(log, "ab") as log_file:
+            launcher = subprocess.Popen(
+                [sys.executable, "-m", "emulator.enclave.supervisor", "--enclave-id", info.enclave_id,
+                 "--ready-fd", str(write_fd), "--control-fd", str(control_read)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                pass_fds=(write_fd, control_read), env=env, start_new_session=True,
+            )
+    except OSError:
+        os.close(read_fd)
+        os.close(control_write)
+        raise
+    finally:
+        os.close(write_fd)
+        os.close(control_read)
+    launcher.wait()
+    return read_fd, control_write
+
+
+def _create_container(settings: Settings, info: EnclaveInfo, client: docker.DockerClient) -> Any:
+    """Create (not start) the enclave's container, labelled with its supervisor (E36)."""
+    import docker.errors
+
+    from emulator.enclave.container import ContainerContext, collect_extras, container_settings
+    from emulator.enclave.supervisor import make_runtime_dirs
+    from emulator.shim.build import container_extras as shim_extras
+
+    run_dir = make_runtime_dirs(settings, info.cid)
+    extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras,))
+    kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir, extras=extras)
+    kwargs.pop("detach", None)
+    try:
+        return client.containers.create(**kwargs)
+    except docker.errors.ImageNotFound as error:
+        raise nitro_cli_error(
+            "EnclaveBootFailure",
+            detail=f"The enclave image {info.image_tag} is gone from the engine; run the enclave again.",
+        ) from error
+    except docker.errors.APIError as error:
+        raise nitro_cli_error(
+            "EnclaveBootFailure", detail=f"Docker could not create the enclave: {error.explanation or error}"
+        ) from error
+
+
+def _boot(
+    settings: Settings, info: EnclaveInfo, client: docker.DockerClient, lines: _Lines, control: int,
+    boot_timeout: float,
+) -> str | None:
+    """Create the container while the supervisor starts the NSM, then start it.
+
+    Returns the supervisor's last line (``READY``, ``ERROR ...``) or None if it went silent.
+    """
+    import docker.errors
+
+    container = _create_container(settings, info, client)
+    line = lines.readline(boot_timeout)
+    if line != "NSM":
+        return line
+    try:
+        container.start()
+    except docker.errors.APIError as error:
+        raise nitro_cli_error(
+            "EnclaveBootFailure", detail=f"Docker could not start the enclave: {error.explanation or error}"
+        ) from error
+    os.write(control, f"STARTED {container.id}\n".encode())
+    return lines.readline(boot_timeout)
+
+
+def run_enclave(
+    eif_path: str | os.PathLike[str],
+    *,
+    memory_mib: int,
+    cpu_count: int | None = None,
+    cpu_ids: Sequence[int] | None = None,
+    enclave_cid: int | None = None,
+    debug_mode: bool = False,
+    enclave_name: str | None = None,
+    instance_id: str | None = None,
+    client: docker.DockerClient | None = None,
+    boot_timeout: float = BOOT_TIMEOUT_S,
+    on_started: Callable[[EnclaveInfo], None] | None = None,
+) -> EnclaveInfo:
+    """Start an enclave from an EIF, as ``nitro-cli run-enclave`` does.
+
+    Checks (nitro-cli's codes): the EIF opens (E19) and parses with a good CRC (E35);
+    memory > 0 and >= 4x the EIF size (E26); CPUs from the pool (E20/E21/E22); the CID is
+    not reserved (E03) nor in use (E29). The name defaults to the EIF's stem and is made
+    unique (``name_1``...). Returns once the container runs and its NSM answers.
+
+    Args:
+        on_started: called with the record as soon as the enclave's CID is known
+            (before the boot finishes), e.g. to print nitro-cli's "Started enclave" line.
+    """
+    settings = get_settings()
+    client = enclave_engine(client)
+    reap(settings, client)
+    summary: EifSummary = summarize_eif(settings, client, Path(eif_path))
+    check_memory(memory_mib, summary.size)
+    instance = load_instance_id(settings, instance_id)
+    with home_lock(settings):
+        records = list_records(settings)
+        cpus = allocate_cpus(cpu_count, cpu_ids, [cpu for r in records for cpu in r.cpu_ids])
+        cid = allocate_cid(enclave_cid, {r.cid: r.enclave_id for r in records})
+        name = unique_name(enclave_name, summary.path, [r.name for r in records])
+        enclave_id, started = new_enclave_id(instance)
+        info = EnclaveInfo(
+            enclave_id=enclave_id, name=name, cid=cid, process_id=0, cpu_ids=cpus,
+            memory_mib=memory_mib, state=STATE_EMPTY,
+            flags=FLAGS_DEBUG if debug_mode else FLAGS_NONE,
+            measurements=summary.measurements, eif_path=str(summary.path),
+            instance_id=instance, started_at_ms=started, image_name=summary.image_name,
+            image_version=summary.image_version, metadata=summary.metadata,
+            image_tag=summary.image_tag, host_cpus=host_cpuset(cpus),
+        )
+        write_record(settings, info)
+        try:
+            lines, control, pid, ticks = _spawn_supervisor(settings, info)
+        except BaseException:
+            cleanup_enclave(settings, enclave_id, enclave=info, client=client, reason="its supervisor did not start")
+            raise
+        info = info.evolve(process_id=pid, process_start=ticks)
+        write_record(settings, info)
+    if on_started is not None:
+        on_started(info)
+    failure: BaseException | None = None
+    line: str | None = None
+    try:
+        line = _boot(settings, info, client, lines, control, boot_timeout)
+    except BaseException as error:  # noqa: BLE001 - cleaned up below, then re-raised
+        failure = error
+    finally:
+        os.close(control)  # the supervisor aborts if it has not been told STARTED
+    if failure is None and line == "READY":
+        lines.close()
+        return read_record(settings, enclave_id) or info
+    # Boot failed: the supervisor removes what it and we made; make sure it is gone.
+    if failure is not None:
+        lines.readline(10.0)  # the supervisor's own ERROR line, once it has cleaned up
+    lines.close()
+    if not _wait_gone(info, 10.0):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(info, 5.0)
+    cleanup_enclave(settings, enclave_id, enclave=info, client=client, reason="it failed to boot")
+    if failure is not None:
+        raise failure
+    if line and line.startswith("ERROR "):
+        _, code, message = line.split(" ", 2)
+        raise nitro_cli_error(int(code), detail=message)
+    why = _tail(log_path(settings, enclave_id), 3) or "the supervisor died"
+    raise nitro_cli_error("EnclaveBootFailure", detail=f"No ready signal within {boot_timeout:.0f} s: {why}")
+
+
+@contextlib.contextmanager
+def running_enclave(eif_path: str | os.PathLike[str], **options: Any) -> Iterator[EnclaveInfo]:
+    """:func:`run_enclave` as a context manager: the enclave is terminated on exit."""
+    info = run_enclave(eif_path, **options)
+    try:
+        yield info
+    finally:
+        with contextlib.suppress(NitroCliError):
+            terminate_enclave(info.enclave_id)
+
+
+def describe_enclaves(*, client: docker.DockerClient | None = None) -> list[EnclaveInfo]:
+    """The enclaves of this home that have booted (RUNNING or TERMINATING), oldest first."""
+    settings = get_settings()
+    reap(settings, _client_or_none(client))
+    return [r for r in list_records(settings) if r.state != STATE_EMPTY and supervisor_alive(r)]
+
+
+def _client_or_none(client: docker.DockerClient | None) -> docker.DockerClient | None:
+    if client is not None:
+        return client
+    from emulator.engine.client import EngineUnavailableError, docker_client
+
+    try:
+        return docker_client()
+    except EngineUnavailableError:
+        return None  # reaping records and dirs still works; containers wait for the engine
+
+
+def find_enclave(*, enclave_id: str | None = None, name: str | None = None) -> EnclaveInfo:
+    """The running enclave with this id or name (E11 / E58 when there is none)."""
+    settings = get_settings()
+    records = [r for r in list_records(settings) if supervisor_alive(r)]
+    if name is not None:
+        matches = [r for r in records if r.name == name]
+        if len(matches) != 1:
+            problem = "No enclave matched the given name." if not matches else "Conflicting enclave names have been found."
+            raise nitro_cli_error("EnclaveNamingError", detail=f"{problem} ({name!r}; see describe-enclaves)")
+        return matches[0]
+    for record in records:
+        if record.enclave_id == enclave_id:
+            return record
+    ended = exit_reason(enclave_id) if enclave_id else None
+    if ended is not None and enclave_id:  # ``and``: only narrows the type (ended implies an id)
+        raise nitro_cli_error(
+            "SocketError",
+            detail=f"Enclave {enclave_id} has ended: {ended} (its last output is in "
+            f"{log_path(settings, enclave_id)}).",
+        )
+    raise nitro_cli_error(
+        "SocketError",
+        detail=f"No running enclave has the id {enclave_id!r}; list them with describe-enclaves.",
+    )
+
+
+def terminate_enclave(
+    enclave_id: str | None = None, *, name: str | None = None, timeout: float = TERMINATE_TIMEOUT_S
+) -> EnclaveInfo:
+    """Terminate one enclave (SIGTERM to its supervisor, SIGKILL after ``timeout``)."""
+    settings = get_settings()
+    reap(settings, _client_or_none(None))
+    info = find_enclave(enclave_id=enclave_id, name=name)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(info.process_id, signal.SIGTERM)
+    if not _wait_gone(info, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.process_id, signal.SIGKILL)
+        _wait_gone(info, 5.0)
+        cleanup_enclave(settings, info.enclave_id, enclave=info,
+                        reason=f"terminate-enclave killed its supervisor after {timeout:.0f} s")
+    return info
+
+
+def terminate_all() -> list[EnclaveInfo]:
+    """Terminate every running enclave of this home."""
+    return [terminate_enclave(info.enclave_id) for info in describe_enclaves()]
+
+
+def enclave_logs(enclave_id: str, *, client: docker.DockerClient | None = None) -> str:
+    """What an enclave printed: so far while it runs; after it ended, why and its last output."""
+    settings = get_settings()
+    record = read_record(settings, enclave_id)
+    if record is not None and record.container_id and supervisor_alive(record):
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            raw = enclave_engine(client).containers.get(record.container_id).logs()
+            return str(raw.decode("utf-8", "replace"))
+    path = log_path(settings, enclave_id)
+    if path.exists():
+        return path.read_text(errors="replace")
+    raise nitro_cli_error(
+        "SocketError", detail=f"No enclave with the id {enclave_id!r} ran in {settings.home}."
+    )
+
+
+def reap_now() -> list[str]:
+    """Reap this home now (what every command does first)."""
+    return reap(get_settings(), _client_or_none(None))

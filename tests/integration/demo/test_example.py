@@ -1,0 +1,117 @@
+"""examples/confidential-service: the happy path and the client's refusals, on real enclaves."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from emulator.demo.confidential_service import CRYPTO_IMAGE, SERVICE_PORT, ensure_crypto_image, load_client, stage_enclave_context
+from emulator.testing.handles import EnclaveFactory, EnclaveHandle, EnclaveSpec
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[EnclaveFactory]:
+    ensure_crypto_image(docker_client)
+    work = tmp_path_factory.mktemp("cs")
+    # The default EIF cache: the compose test builds the same context and reuses this EIF.
+    factory = EnclaveFactory(work / "home", docker_client=docker_client, worker="example")
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory, factory: EnclaveFactory) -> EnclaveSpec:
+    """The example's enclave; its image stays cached by content tag (nitro-emu-test/<digest>)."""
+    context = stage_enclave_context(tmp_path_factory.mktemp("ctx") / "context")
+    spec = EnclaveSpec(dockerfile_dir=context, build_args={"BASE": CRYPTO_IMAGE}).checked()
+    factory.build(spec)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def service(factory: EnclaveFactory, spec: EnclaveSpec) -> EnclaveHandle:
+    return factory.start(spec, name="service")
+
+
+@pytest.fixture(scope="module")
+def client() -> ModuleType:
+    return load_client()
+
+
+def _session(client: ModuleType, handle: EnclaveHandle, factory: EnclaveFactory, pcrs: dict[int, bytes]) -> Any:
+    with handle.connect(SERVICE_PORT) as sock:
+        return client.run_session(
+            sock, trusted_root=factory.ca.root_der, expected_pcrs=pcrs, secret=b"s3cr3t", say=lambda _: None
+        )
+
+
+def test_secret_reaches_the_attested_enclave(client: ModuleType, service: EnclaveHandle, factory: EnclaveFactory) -> None:
+    transcript = _session(client, service, factory, service.measurements)
+
+    assert transcript.digest_matches
+    assert transcript.stored_size == len(b"s3cr3t")
+    assert transcript.module_id == service.enclave_id
+    assert transcript.pcrs[0] == service.measurements[0]
+
+
+def test_refuses_an_enclave_with_other_pcrs(client: ModuleType, service: EnclaveHandle, factory: EnclaveFactory) -> None:
+    reviewed = dict(service.measurements)
+    reviewed[2] = bytes(reversed(reviewed[2]))
+
+    with pytest.raises(client.Refused, match=r"PCR2 differs from the reviewed build"):
+        _session(client, service, factory, reviewed)
+
+
+def test_refuses_a_document_from_another_root(
+    client: ModuleType, service: EnclaveHandle, tmp_path: Path
+) -> None:
+    from ca import TestCA
+
+    stranger = TestCA.load_or_create(tmp_path / "other-ca")
+    with service.connect(SERVICE_PORT) as sock:
+        with pytest.raises(client.Refused, match="failed verification"):
+            client.run_session(
+                sock, trusted_root=stranger.root_der, expected_pcrs=service.measurements, secret=b"x", say=print
+            )
+
+
+def test_refuses_a_debug_mode_enclave(
+    client: ModuleType, factory: EnclaveFactory, spec: EnclaveSpec
+) -> None:
+    debug_spec = EnclaveSpec(dockerfile_dir=spec.dockerfile_dir, build_args=spec.build_args, debug_mode=True)
+    debug = factory.start(debug_spec, name="debug")
+    try:
+        with pytest.raises(client.Refused, match="runs in debug mode"):
+            _session(client, debug, factory, debug.measurements)
+        assert "listening on vsock port" in debug.logs()
+    finally:
+        debug.terminate()
+
+
+def test_cli_exit_status_and_message_on_refusal(
+    client: ModuleType,
+    service: EnclaveHandle,
+    factory: EnclaveFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("NITRO_EMU_HOME", str(service.home))
+    root = tmp_path / "root.pem"
+    root.write_bytes(factory.ca.root_pem)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"Measurements": {f"PCR{i}": v.hex() for i, v in service.measurements.items()}}))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"Measurements": {"PCR0": "00" * 48, "PCR1": "00" * 48, "PCR2": "00" * 48}}))
+    common = ["--cid", str(service.cid), "--port", str(SERVICE_PORT), "--root", str(root)]
+
+    assert client.main([*common, "--pcrs", str(good)]) == 0
+    assert client.main([*common, "--pcrs", str(bad)]) == client.REFUSED_STATUS
+    assert "REFUSED: PCR0 differs" in capsys.readouterr().err

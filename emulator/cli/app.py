@@ -26,7 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "nsm",  # nsm serve
     "eif",  # build-enclave, describe-eif, pcr, prune-images
     "enclaves",  # run-enclave, describe-enclaves, terminate-enclave, console, explain
-    "vsock",  # vsock-forward, vsock connect/listen helpers
+    "vsock",  # vsock-forward, vsock-proxy, vsock connect/listen helpers
+    "kms",  # kms serve
     "shim",  # exec (LD_PRELOAD for unmodified parent programs)
     "images",  # base-image
 )

@@ -10,7 +10,9 @@ Registered through the ``pytest11`` entry point, so installing nitro-emu enables
 
 Fixtures: ``nitro_state_dir`` and ``nitro_ca`` (session), ``nitro_enclave_factory``
 (session; an :class:`emulator.testing.handles.EnclaveFactory`), ``nitro_enclave`` (per test; an
-:class:`emulator.testing.handles.EnclaveHandle` configured by the ``nitro_enclave`` marker).
+:class:`emulator.testing.handles.EnclaveHandle` configured by the ``nitro_enclave`` marker),
+``nitro_kms`` (session; an :class:`emulator.testing.kms.LocalKms`: a local KMS trusting the
+session's CA, on VSOCK port 8000 for the enclaves, with boto3 clients).
 Options (group "nitro-emu"): ``--nitro-keep never|failed|always``, ``--nitro-state-dir``,
 ``--nitro-cache-dir``.
 
@@ -31,6 +33,7 @@ import pytest
 
 if TYPE_CHECKING:
     from emulator.testing.handles import EnclaveFactory, EnclaveHandle
+    from emulator.testing.kms import LocalKms
 
 KEEP_CHOICES = ("never", "failed", "always")
 MARKER = "nitro_enclave"
@@ -106,6 +109,20 @@ def nitro_enclave_factory(request: pytest.FixtureRequest, nitro_state_dir: Path)
 def nitro_ca(nitro_enclave_factory: EnclaveFactory) -> Any:
     """The session's test CA (``ca.TestCA``): the root its enclaves' documents chain to."""
     return nitro_enclave_factory.ca
+
+
+@pytest.fixture(scope="session")
+def nitro_kms(nitro_enclave_factory: EnclaveFactory) -> Iterator[LocalKms]:
+    """The session's local KMS (an :class:`emulator.testing.kms.LocalKms`).
+
+    It trusts the session's test CA for Recipient documents, keeps nothing on disk, and the
+    session's enclaves reach it on VSOCK (3, 8000), as through ``vsock-proxy 8000`` on Nitro.
+    ``nitro_kms.client()`` is an unmodified boto3 client of it.
+    """
+    from emulator.testing.kms import LocalKms
+
+    with LocalKms(nitro_enclave_factory.home, trusted_roots=[nitro_enclave_factory.ca.root_der]) as kms:
+        yield kms
 
 
 @pytest.fixture

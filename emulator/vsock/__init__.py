@@ -5,6 +5,7 @@
 | ``host`` | the parent's API (``connect``, ``listen``, asyncio) | host |
 | ``enclave`` | the enclave's API, AF_VSOCK on real Nitro (stdlib only) | enclave |
 | ``forward`` | ``vsock-forward``: TCP <-> VSOCK relays | host |
+| ``proxy`` | ``vsock-proxy``: nitro-cli's allowlisted VSOCK -> TCP proxy | host |
 | ``peer`` | small VSOCK programs for tests and benchmarks (stdlib only) | enclave |
 | ``peer_image`` | the enclave image that runs them | host |
 
@@ -39,7 +40,7 @@ __all__ = sorted(_HOST_API)
 
 
 #: Submodules: ``from emulator.vsock import enclave`` must import the module, never the host API.
-_SUBMODULES = frozenset({"enclave", "forward", "host", "peer", "peer_image"})
+_SUBMODULES = frozenset({"enclave", "forward", "host", "peer", "peer_image", "proxy"})
 
 
 def __getattr__(name: str) -> Any:

@@ -38,7 +38,11 @@ from emulator.errors import EmulatorError
 
 ENCLAVE_IMAGE = "nitro-emu-demo/enclave:latest"
 TOOLS_IMAGE = "nitro-emu-demo/tools:latest"
-WHEELS: tuple[str, ...] = ("cryptography", "cffi", "pycparser", "cbor2")
+WHEELS: tuple[str, ...] = (
+    "cryptography", "cffi", "pycparser", "cbor2", "PyYAML",
+    # the parent's boto3, for the KMS step
+    "boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3",
+)
 _PACKAGES = ("ca", "fake_nsm", "emulator")
 # glibc of Debian bookworm is 2.36: every manylinux tag up to 2_34 runs on it.
 _MANYLINUX = ("manylinux_2_34", "manylinux_2_28", "manylinux_2_17", "manylinux2014")
@@ -105,6 +109,8 @@ def prepare(out: Path, *, docker: Any | None = None, say: Any = print) -> dict[s
     for name in ("client.py", "protocol.py"):
         shutil.copy2(EXAMPLE_DIR / name, tools / "example" / name)
     (tools / "Dockerfile").write_text(TOOLS_DOCKERFILE)
+    # nitro-cli's vsock-proxy allowlist format: the kms service's own KMS, and nothing else
+    (out / "vsock-proxy.yaml").write_text("allowlist:\n- {address: 127.0.0.1, port: 4000}\n")
 
     context = stage_enclave_context(out / "enclave-context")
     builder = EnclaveBuilder(lambda: docker)  # the shared EIF cache (~/.cache/nitro-emu/eif)

@@ -50,6 +50,8 @@ VENDORED: tuple[str, ...] = (
     "fake_nsm/codec.py",
     "fake_nsm/errors.py",
     "emulator/vsock/enclave.py",
+    "emulator/errors.py",
+    "emulator/kms/cms.py",
 )
 SERVICE_PORT = 5005
 
@@ -114,12 +116,53 @@ def _workspace(keep: bool) -> Iterator[Path]:
         yield Path(work)
 
 
+DEMO_CREDENTIALS = {"access_key_id": "AKIDNITROEMUDEMO", "secret_access_key": "demo-only-secret"}
+
+
+def _kms_round_trip(client_module: Any, factory: Any, handle: Any, secret: bytes, out: Transcript) -> None:
+    """A local KMS trusting the test CA: the PCR0-pinned key releases the secret to the
+    enclave (CiphertextForRecipient), and a key pinned to another image's PCR0 refuses it."""
+    import hashlib
+
+    from emulator.testing.kms import LocalKms
+
+    with LocalKms(factory.home, trusted_roots=[factory.ca.root_der]) as kms:
+        pcr0 = handle.measurements[0]
+        key = kms.create_key(policy=kms.attested_policy({0: pcr0}), Description="demo")
+        blob = kms.client().encrypt(KeyId=key, Plaintext=secret)["CiphertextBlob"]
+        out.detail(f"local KMS {kms.endpoint_url}, enclaves reach it on VSOCK (3, {kms.vsock_port})")
+        out.detail(f"key {key}: kms:RecipientAttestation:ImageSha384 = {pcr0.hex()[:32]}...")
+        out.detail(f"the parent holds only the {len(blob)}-byte ciphertext blob")
+        with handle.connect(SERVICE_PORT) as sock:
+            result = client_module.run_kms_session(
+                sock, trusted_root=factory.ca.root_der, expected_pcrs=handle.measurements, blob=blob,
+                credentials=DEMO_CREDENTIALS, expected_sha256=hashlib.sha256(secret).digest(),
+                say=lambda line: None,
+            )
+        if not result.digest_matches:
+            raise DemoError("the secret the enclave fetched from KMS does not match")
+        out.detail("the enclave fetched it (Decrypt with Recipient) and proved it: SHA-256 matches")
+        other = bytes(reversed(pcr0))
+        pinned_elsewhere = kms.create_key(policy=kms.attested_policy({0: other}), Description="other image")
+        blob = kms.client().encrypt(KeyId=pinned_elsewhere, Plaintext=secret)["CiphertextBlob"]
+        with handle.connect(SERVICE_PORT) as sock:
+            try:
+                client_module.run_kms_session(
+                    sock, trusted_root=factory.ca.root_der, expected_pcrs=handle.measurements, blob=blob,
+                    credentials=DEMO_CREDENTIALS, expected_sha256=b"", say=lambda line: None,
+                )
+            except client_module.protocol.ProtocolError as refusal:
+                out.detail(f"a key pinned to another image's PCR0: {str(refusal)[:100]}...")
+            else:
+                raise DemoError("KMS released a secret to an enclave whose PCR0 the policy does not name")
+
+
 def run_demo(*, keep: bool = False, purge: bool = False, secret: bytes = b"correct horse battery staple") -> int:
     """Run the demo; return the exit status (0 when the round trip succeeded)."""
     from emulator.engine.client import docker_client
     from emulator.testing.handles import EnclaveFactory, EnclaveSpec
 
-    out = Transcript(6)
+    out = Transcript(7)
     client_module = load_client()
     docker = docker_client()
     with _workspace(keep) as work:
@@ -171,6 +214,9 @@ def run_demo(*, keep: bool = False, purge: bool = False, secret: bytes = b"corre
                     out.detail(f"REFUSED: {str(refusal)[:110]}...")
                 else:
                     raise DemoError("the client sent a secret to an enclave with unexpected PCRs")
+
+            out.next("KMS, the AWS way: a key whose policy pins PCR0; the enclave fetches the secret itself")
+            _kms_round_trip(client_module, factory, handle, secret, out)
 
             out.next("enclave output")
             for line in handle.logs().strip().splitlines()[-5:]:

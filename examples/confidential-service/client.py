@@ -114,16 +114,23 @@ def check_document(
     return document
 
 
-def run_session(
+@dataclass(frozen=True)
+class Session:
+    """An attested connection: the verified document and a sealed request/reply call."""
+
+    document: Any
+    fingerprint: str
+    call: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def attest_session(
     sock: socket.socket,
     *,
     trusted_root: bytes,
     expected_pcrs: Mapping[int, bytes],
-    secret: bytes,
-    name: str = "demo",
     say: Callable[[str], None] = print,
-) -> Transcript:
-    """Attest the enclave on this connection, then store the secret and check its digest."""
+) -> Session:
+    """Attest the enclave on this connection; sealed requests then go to its key only."""
     nonce = secrets.token_bytes(protocol.NONCE_SIZE)
     protocol.send_message(sock, {"type": "attest", "nonce": nonce})
     reply = protocol.expect(protocol.recv_message(sock), "attestation", "document")
@@ -141,15 +148,61 @@ def run_session(
         sealed = protocol.expect(protocol.recv_message(sock), "sealed-reply", "iv", "ciphertext")
         answer = protocol.cbor2.loads(session.open(sealed["iv"], sealed["ciphertext"], protocol.REPLY_AAD))
         if not isinstance(answer, dict) or not answer.get("ok"):
-            raise protocol.ProtocolError(f"the enclave refused the request: {answer}")
+            error = answer.get("error") if isinstance(answer, dict) else answer
+            raise protocol.ProtocolError(f"the enclave refused the request: {error}")
         return answer
 
-    stored = call({"op": "store", "name": name, "secret": secret})
+    return Session(document, fingerprint, call)
+
+
+def run_session(
+    sock: socket.socket,
+    *,
+    trusted_root: bytes,
+    expected_pcrs: Mapping[int, bytes],
+    secret: bytes,
+    name: str = "demo",
+    say: Callable[[str], None] = print,
+) -> Transcript:
+    """Attest the enclave on this connection, then store the secret and check its digest."""
+    session = attest_session(sock, trusted_root=trusted_root, expected_pcrs=expected_pcrs, say=say)
+    stored = session.call({"op": "store", "name": name, "secret": secret})
     say(f"sent secret {name!r} sealed to that key; the enclave stored {stored['size']} bytes")
-    digest = call({"op": "digest", "name": name})
-    matches = hmac.compare_digest(digest["sha256"], hashlib.sha256(secret).digest())
+    return _check_digest(session, name, hashlib.sha256(secret).digest(), stored["size"], say)
+
+
+def run_kms_session(
+    sock: socket.socket,
+    *,
+    trusted_root: bytes,
+    expected_pcrs: Mapping[int, bytes],
+    blob: bytes,
+    credentials: Mapping[str, str],
+    expected_sha256: bytes,
+    region: str = "us-east-1",
+    name: str = "kms",
+    say: Callable[[str], None] = print,
+) -> Transcript:
+    """Attest the enclave, then have it fetch ``blob``'s plaintext from KMS itself.
+
+    The parent holds only the ciphertext blob (and credentials); KMS releases the plaintext
+    to the enclave alone, as CiphertextForRecipient, when the key policy's PCR conditions
+    match the enclave's document. ``expected_sha256`` checks what the enclave got.
+    """
+    session = attest_session(sock, trusted_root=trusted_root, expected_pcrs=expected_pcrs, say=say)
+    stored = session.call(
+        {"op": "kms-fetch", "name": name, "blob": blob, "credentials": dict(credentials), "region": region}
+    )
+    say(f"the enclave fetched {name!r} from KMS itself (Decrypt with Recipient): {stored['size']} bytes")
+    return _check_digest(session, name, expected_sha256, stored["size"], say)
+
+
+def _check_digest(session: Session, name: str, expected: bytes, size: int, say: Callable[[str], None]) -> Transcript:
+    digest = session.call({"op": "digest", "name": name})
+    matches = hmac.compare_digest(digest["sha256"], expected)
     say(f"round trip: the enclave's SHA-256 of the secret {'matches' if matches else 'DIFFERS'}")
-    return Transcript(document.module_id, dict(document.pcrs), fingerprint, stored["size"], matches)
+    document = session.document
+    return Transcript(document.module_id, dict(document.pcrs), session.fingerprint, size, matches)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--eif", type=Path, help="the EIF that should be running")
     parser.add_argument("--secret", default=os.environ.get("DEMO_SECRET", "correct horse battery staple"))
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the enclave")
+    parser.add_argument(
+        "--kms", metavar="URL",
+        help="then also the AWS way: a KMS key pinned to PCR0 at this endpoint (boto3), whose "
+        "secret the enclave fetches itself with Decrypt + Recipient",
+    )
     args = parser.parse_args(argv)
     from emulator import vsock
 
@@ -171,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         sock = _connect_when_ready(vsock.connect, args.cid, args.port, args.timeout)
         with sock:
             transcript = run_session(sock, trusted_root=root, expected_pcrs=expected, secret=args.secret.encode())
+        if args.kms and transcript.digest_matches:
+            with vsock.connect(args.cid, args.port, timeout=args.timeout) as sock:
+                transcript = kms_session(sock, args.kms, root, expected, args.secret.encode())
     except Refused as error:
         print(f"REFUSED: {error}", file=sys.stderr)
         return REFUSED_STATUS
@@ -178,6 +239,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0 if transcript.digest_matches else 1
+
+
+KMS_CREDENTIALS = {"access_key_id": "AKIDEXAMPLEPARENT", "secret_access_key": "example-only"}
+
+
+def kms_session(sock: socket.socket, endpoint: str, root: bytes, expected: Mapping[int, bytes], secret: bytes) -> Transcript:
+    """Put ``secret`` under a new KMS key whose policy pins PCR0; the enclave fetches it."""
+    import boto3
+
+    kms = boto3.client("kms", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id=KMS_CREDENTIALS["access_key_id"],
+                       aws_secret_access_key=KMS_CREDENTIALS["secret_access_key"])
+    metadata = kms.create_key(Description="confidential-service")["KeyMetadata"]
+    key_id, root_arn = metadata["KeyId"], f"arn:aws:iam::{metadata['AWSAccountId']}:root"
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": root_arn}, "Resource": "*",
+         "Action": ["kms:Encrypt", "kms:DescribeKey", "kms:PutKeyPolicy", "kms:GetKeyPolicy"]},
+        {"Effect": "Allow", "Principal": {"AWS": root_arn}, "Resource": "*", "Action": "kms:Decrypt",
+         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": expected[0].hex()}}},
+    ]}
+    kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=json.dumps(policy))
+    blob = kms.encrypt(KeyId=key_id, Plaintext=secret)["CiphertextBlob"]
+    print(f"KMS key {key_id} releases only to PCR0 {expected[0].hex()[:16]}...; the parent keeps the blob")
+    return run_kms_session(sock, trusted_root=root, expected_pcrs=expected, blob=blob,
+                           credentials=KMS_CREDENTIALS, expected_sha256=hashlib.sha256(secret).digest())
 
 
 def _connect_when_ready(connect: Callable[..., socket.socket], cid: int, port: int, timeout: float) -> socket.socket:

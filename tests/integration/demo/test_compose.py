@@ -38,7 +38,8 @@ def _project(tmp: Path) -> Path:
 def _service_block(config: str, service: str) -> str:
     """The lines of one service in ``compose config``'s normalised YAML (services at 2 spaces)."""
     lines = config.splitlines()
-    start = lines.index(f"  {service}:") + 1
+    services = lines.index("services:")
+    start = lines.index(f"  {service}:", services) + 1
     block = []
     for line in lines[start:]:
         if not line.startswith("    "):
@@ -61,6 +62,10 @@ def test_compose_file_is_valid_and_isolates_the_enclave(tmp_path: Path) -> None:
     assert "network_mode: none" in enclave and "read_only: true" in enclave
     assert "- ALL" in enclave and "/run/nitro-emu" in enclave
     assert "nsm-state" not in enclave  # the CA keys are never mounted into the enclave
+    kms = _service_block(config, "kms")
+    assert "nsm-state" not in kms and "read_only: true" in kms  # it trusts the exported root only
+    networks = config[config.index("networks:"):config.index("services:")]
+    assert "internal: true" in networks  # the parent-KMS network has no route out
 
 
 @pytest.mark.slow
@@ -84,5 +89,9 @@ def test_compose_stack_serves_the_secret(tmp_path: Path, docker_client) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "PCR0" in result.stdout and "matches the build" in result.stdout
     assert "round trip: the enclave's SHA-256 of the secret matches" in result.stdout
+    # then the AWS way, through the kms service and its vsock-proxy
+    assert "KMS key" in result.stdout and "releases only to PCR0" in result.stdout
+    assert "the enclave fetched 'kms' from KMS itself (Decrypt with Recipient)" in result.stdout
+    assert result.stdout.count("round trip: the enclave's SHA-256 of the secret matches") == 2
     left = docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={name}"})
     assert left == []

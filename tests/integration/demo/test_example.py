@@ -115,3 +115,45 @@ def test_cli_exit_status_and_message_on_refusal(
     assert client.main([*common, "--pcrs", str(good)]) == 0
     assert client.main([*common, "--pcrs", str(bad)]) == client.REFUSED_STATUS
     assert "REFUSED: PCR0 differs" in capsys.readouterr().err
+
+
+CREDENTIALS = {"access_key_id": "AKIDEXAMPLETEST", "secret_access_key": "example-test-secret"}
+
+
+@pytest.fixture(scope="module")
+def kms(factory: EnclaveFactory) -> Iterator[Any]:
+    """The local KMS, trusting the factory's CA, on VSOCK (3, 8000) for its enclaves."""
+    pytest.importorskip("boto3")
+    from emulator.testing.kms import LocalKms
+
+    with LocalKms(factory.home, trusted_roots=[factory.ca.root_der]) as kms:
+        yield kms
+
+
+def _kms_session(client: ModuleType, handle: EnclaveHandle, factory: EnclaveFactory, blob: bytes, secret: bytes) -> Any:
+    import hashlib
+
+    with handle.connect(SERVICE_PORT) as sock:
+        return client.run_kms_session(
+            sock, trusted_root=factory.ca.root_der, expected_pcrs=handle.measurements, blob=blob,
+            credentials=CREDENTIALS, expected_sha256=hashlib.sha256(secret).digest(), say=lambda _: None,
+        )
+
+
+def test_the_enclave_fetches_its_secret_from_kms(
+    client: ModuleType, service: EnclaveHandle, factory: EnclaveFactory, kms: Any
+) -> None:
+    """Decrypt with Recipient from inside the enclave: the PCR0-pinned key releases it."""
+    key = kms.create_key(policy=kms.attested_policy({0: service.measurements[0]}))
+    blob = kms.client().encrypt(KeyId=key, Plaintext=b"from kms")["CiphertextBlob"]
+    transcript = _kms_session(client, service, factory, blob, b"from kms")
+    assert transcript.digest_matches and transcript.stored_size == len(b"from kms")
+
+
+def test_kms_refuses_the_enclave_for_a_key_pinned_to_another_image(
+    client: ModuleType, service: EnclaveHandle, factory: EnclaveFactory, kms: Any
+) -> None:
+    key = kms.create_key(policy=kms.attested_policy({0: bytes(reversed(service.measurements[0]))}))
+    blob = kms.client().encrypt(KeyId=key, Plaintext=b"not for you")["CiphertextBlob"]
+    with pytest.raises(client.protocol.ProtocolError, match="KMS refused: AccessDeniedException"):
+        _kms_session(client, service, factory, blob, b"not for you")

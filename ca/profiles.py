@@ -36,6 +36,9 @@ INSTANCE_LIFETIME = timedelta(hours=24)
 LEAF_BACKDATE = timedelta(seconds=3)
 LEAF_LIFETIME = timedelta(hours=3)
 ROOT_YEARS = 30
+#: A new root is valid from 5 years before its creation (AWS's root starts in 2019), so that
+#: an enclave clock set days or years in the past still finds a chain (issue 15).
+ROOT_BACKDATE = timedelta(days=5 * 365)
 # The root and intermediates are dated like the leaf (valid from 3 s before issuance) so that
 # a leaf issued together with a fresh chain never starts before its issuers.
 INTERMEDIATE_BACKDATE = LEAF_BACKDATE
@@ -159,8 +162,9 @@ def _crl_point(level: str, region: str) -> x509.CRLDistributionPoints:
 
 
 def build_root(key: ec.EllipticCurvePrivateKey, names: Names, now: datetime) -> x509.Certificate:
-    """A self-signed root: 30 years, CA without path length, critical dS+kCS+cRLS, SKI."""
-    start = floor_seconds(now) - INTERMEDIATE_BACKDATE
+    """A self-signed root: 30 years from 5 years before ``now``, CA without path length,
+    critical dS+kCS+cRLS, SKI."""
+    start = floor_seconds(now) - ROOT_BACKDATE
     subject = subject_for("root", names)
     builder = (
         x509.CertificateBuilder()

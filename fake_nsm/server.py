@@ -15,12 +15,14 @@ import os
 import socket
 import stat
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 
 from fake_nsm import codec
 from fake_nsm.device import NsmDevice
 from fake_nsm.errors import InputTooLarge, InternalError, NsmConfigError, NsmError
+from fake_nsm.faults import Fault, FaultError, FaultPlan
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +57,18 @@ class NsmServer:
         socket_path: where to bind (at most 107 bytes); a stale socket file there is replaced.
         device: the NSM state this server answers for.
         backlog: the listen backlog.
+        faults: injected faults (``fake_nsm.faults``), looked up by request name
+            (``Attestation``, ``DescribePCR``, ...) before each answer.
     """
 
-    def __init__(self, socket_path: str | os.PathLike[str], device: NsmDevice, *, backlog: int = 128) -> None:
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        device: NsmDevice,
+        *,
+        backlog: int = 128,
+        faults: FaultPlan | None = None,
+    ) -> None:
         self.socket_path = Path(socket_path)
         if len(os.fsencode(self.socket_path)) > _SUN_PATH_MAX:
             raise NsmConfigError(
@@ -65,6 +76,7 @@ class NsmServer:
                 f"{_SUN_PATH_MAX}: use a shorter NITRO_EMU_HOME or --socket path: {self.socket_path}"
             )
         self.device = device
+        self.faults = faults
         self._backlog = backlog
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
@@ -199,7 +211,13 @@ class NsmServer:
                     raise BrokenFrame(f"frame length {length} is over {MAX_FRAME}")
                 body = _recv_exact(conn, length, at_boundary=False)
                 assert body is not None
-                conn.sendall(self._answer(body))
+                reply, fault = self._answer(body)
+                if fault is not None and (fault.drop or fault.truncate):
+                    logger.info("NSM %s: injected fault %s", self.socket_path, fault.describe())
+                    if fault.truncate:
+                        conn.sendall(reply[: max(1, len(reply) // 2)])
+                    return  # the connection closes without (the rest of) an answer
+                conn.sendall(reply)
         except BrokenFrame as error:
             self._note_bad_client(f"closed a connection: {error}")
         except OSError as error:
@@ -211,8 +229,23 @@ class NsmServer:
                 self._connections.discard(conn)
                 self._threads.discard(threading.current_thread())
 
-    def _answer(self, body: bytes) -> bytes:
-        """The framed reply to one framed request."""
+    def _fault_for(self, request: codec.Request) -> Fault | None:
+        """The injected fault armed for this request's name (``Attestation``, ...), if any."""
+        if self.faults is None:
+            return None
+        try:
+            return self.faults.take(type(request).__name__)
+        except FaultError as error:
+            logger.error("NSM %s: fault plan unreadable, ignored: %s", self.socket_path, error)
+            return None
+
+    def _answer(self, body: bytes) -> tuple[bytes, Fault | None]:
+        """The framed reply to one framed request, and the injected fault that shaped it.
+
+        An injected error is answered instead of the request (an ExtendPCR so refused extends
+        nothing); a delay comes before the answer; a dropped request is not executed.
+        """
+        fault = None
         try:
             if len(body) > codec.MAX_REQUEST_SIZE:
                 self._note_bad_client(f"request of {len(body)} bytes refused (InputTooLarge)")
@@ -224,11 +257,19 @@ class NsmServer:
                     self._note_bad_client(f"bad request: {error}")
                     reply = codec.encode_response(codec.ErrorResponse(getattr(error, "code", "InvalidArgument")))
                 else:
-                    reply = codec.encode_response(self.device.dispatch(request))
+                    fault = self._fault_for(request)
+                    if fault is not None and fault.drop:
+                        return b"", fault
+                    if fault is not None and fault.delay is not None:
+                        time.sleep(fault.delay)
+                    if fault is not None and fault.error is not None:
+                        reply = codec.encode_response(codec.ErrorResponse(fault.error))
+                    else:
+                        reply = codec.encode_response(self.device.dispatch(request))
         except Exception:  # noqa: BLE001 - nothing a client sends may stop the server
             logger.exception("NSM %s: internal failure answering a request", self.socket_path)
             reply = codec.encode_response(codec.ErrorResponse(InternalError.code))
-        return codec.FRAME_HEADER.pack(len(reply)) + reply
+        return codec.FRAME_HEADER.pack(len(reply)) + reply, fault
 
     def _note_bad_client(self, message: str) -> None:
         with self._guard:

@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "enclaves",  # run-enclave, describe-enclaves, terminate-enclave, console, explain
     "vsock",  # vsock-forward, vsock-proxy, vsock connect/listen helpers
     "kms",  # kms serve
+    "faults",  # fault nsm | kms | show | clear
     "shim",  # exec (LD_PRELOAD for unmodified parent programs)
     "images",  # base-image
 )

@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--enclave-name", help="a name for the enclave (default: the EIF's file stem)")
     run.add_argument("--config", metavar="JSON", help="read the options from a JSON file")
     run.add_argument("--instance-id", help="nitro-emu: the parent instance id (PCR4), i- + 17 hex")
+    run.add_argument(
+        "--clock-offset", type=float, default=0.0, metavar="SECONDS",
+        help="nitro-emu: the enclave's clock is this far ahead of the host's (negative: behind); "
+        "its documents and certificates are dated by it (`nitro-emu clock` changes it later)",
+    )
     run.set_defaults(handler=run_enclave_command)
 
     describe = subparsers.add_parser("describe-enclaves", help="list the running enclaves")
@@ -60,6 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     target.add_argument("--enclave-name")
     console.add_argument("--disconnect-timeout", metavar="SECONDS", help="disconnect after this many seconds")
     console.set_defaults(handler=console_command)
+
+    clock = subparsers.add_parser("clock", help="nitro-emu: show or set a running enclave's clock offset")
+    which = clock.add_mutually_exclusive_group(required=True)
+    which.add_argument("--enclave-id")
+    which.add_argument("--enclave-name")
+    clock.add_argument("--offset", type=float, metavar="SECONDS",
+                       help="set it: seconds ahead of the host (negative: behind); 0 is the host's time")
+    clock.set_defaults(handler=clock_command)
 
     explain = subparsers.add_parser("explain", help="explain a nitro-cli error code")
     explain.add_argument("--error-code", required=True, metavar="Exx")
@@ -134,6 +147,21 @@ def _config_options(path: Path, attach_console: bool) -> dict[str, Any]:
     }
 
 
+def clock_command(args: argparse.Namespace) -> int:
+    """``nitro-emu clock``: the enclave's offset and time, after setting it if asked."""
+    from emulator.enclave.clock import EnclaveClock
+    from emulator.enclave.runtime import find_enclave
+    from emulator.settings import get_settings
+
+    info = find_enclave(enclave_id=args.enclave_id, name=args.enclave_name)
+    clock = EnclaveClock(get_settings(), info.enclave_id)
+    if args.offset is not None:
+        clock.set_offset(args.offset)
+    _print_json({"EnclaveID": info.enclave_id, "NitroEmuClockOffset": clock.offset(),
+                 "EnclaveTime": clock.now().isoformat(timespec="milliseconds")})
+    return 0
+
+
 def run_enclave_command(args: argparse.Namespace) -> int:
     from emulator.enclave.runtime import run_enclave
 
@@ -150,7 +178,8 @@ def run_enclave_command(args: argparse.Namespace) -> int:
         )
 
     info = run_enclave(
-        options.pop("eif_path"), instance_id=args.instance_id, on_started=started, **options
+        options.pop("eif_path"), instance_id=args.instance_id, on_started=started,
+        clock_offset=args.clock_offset, **options
     )
     _print_json(info.to_nitro_cli_json(kind="run"))
     if attach:
@@ -159,12 +188,28 @@ def run_enclave_command(args: argparse.Namespace) -> int:
 
 
 def describe_enclaves_command(args: argparse.Namespace) -> int:
+    from emulator.enclave.clock import EnclaveClock
+    from emulator.enclave.faults import armed_nsm_faults
     from emulator.enclave.runtime import describe_enclaves, pop_exit_notices
+    from emulator.settings import get_settings
 
     enclaves = describe_enclaves()
     for enclave_id, reason in pop_exit_notices():
         print(f"Enclave {enclave_id} has ended: {reason}", file=sys.stderr)
-    _print_json([info.to_nitro_cli_json(kind="describe", metadata=args.metadata) for info in enclaves])
+    settings = get_settings()
+    described = []
+    for info in enclaves:
+        out = info.to_nitro_cli_json(kind="describe", metadata=args.metadata)
+        offset = EnclaveClock(settings, info.enclave_id).offset()
+        if offset:  # emulator-only keys, present only when in use
+            out["NitroEmuClockOffset"] = offset
+        faults = armed_nsm_faults(settings, info.enclave_id)
+        if faults:
+            out["NitroEmuFaults"] = faults
+            print(f"Enclave {info.enclave_id} has NSM faults armed: {'; '.join(faults)} "
+                  f"(nitro-emu fault clear --enclave-id {info.enclave_id})", file=sys.stderr)
+        described.append(out)
+    _print_json(described)
     return 0
 
 

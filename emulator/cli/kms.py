@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from emulator.kms.faults import kms_faults_path
     from emulator.kms.server import KmsServer
+    from fake_nsm.faults import FaultPlan
 
     settings = get_settings()
     if args.root:
@@ -76,7 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
     state_dir = None if args.memory else settings.ensure_home() / "kms"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     server = KmsServer(args.host, args.port, state_dir=state_dir, trusted_roots=roots,
-                       region=args.region, account=args.account)
+                       region=args.region, account=args.account,
+                       faults=FaultPlan(kms_faults_path(settings)))
     stopped = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -54,6 +54,7 @@ from emulator.enclave.state import (
 )
 from emulator.errors import NitroCliError
 from emulator.nitro_cli_errors import nitro_cli_error
+from emulator.enclave.clock import EnclaveClock, check_offset
 from emulator.enclave.engine import enclave_engine
 from emulator.enclave.reaper import cleanup_enclave, log_path, reap
 from emulator.settings import Settings, get_settings
@@ -252,6 +253,7 @@ def run_enclave(
     client: docker.DockerClient | None = None,
     boot_timeout: float = BOOT_TIMEOUT_S,
     on_started: Callable[[EnclaveInfo], None] | None = None,
+    clock_offset: float = 0.0,
 ) -> EnclaveInfo:
     """Start an enclave from an EIF, as ``nitro-cli run-enclave`` does.
 
@@ -263,7 +265,10 @@ def run_enclave(
     Args:
         on_started: called with the record as soon as the enclave's CID is known
             (before the boot finishes), e.g. to print nitro-cli's "Started enclave" line.
+        clock_offset: seconds the enclave's clock (its NSM's documents and certificates)
+            is ahead of the host's; negative is behind (:mod:`emulator.enclave.clock`).
     """
+    offset = check_offset(clock_offset)
     settings = get_settings()
     client = enclave_engine(client)
     reap(settings, client)
@@ -286,6 +291,8 @@ def run_enclave(
             image_tag=summary.image_tag, host_cpus=host_cpuset(cpus),
         )
         write_record(settings, info)
+        if offset:
+            EnclaveClock(settings, enclave_id).set_offset(offset)
         try:
             lines, control, pid, ticks = _spawn_supervisor(settings, info)
         except BaseException:

@@ -157,6 +157,8 @@ class Supervisor:
         self._check_nsm()
 
     def _start_nsm(self) -> None:
+        from emulator.enclave.clock import EnclaveClock
+        from emulator.enclave.faults import nsm_fault_plan
         from emulator.enclave.resources import open_home_ca
         from fake_nsm.device import NsmDevice
         from fake_nsm.document_signer import DocumentSigner
@@ -168,7 +170,8 @@ class Supervisor:
             if key.startswith("PCR")
         }
         ca = open_home_ca(self.settings)
-        signer = DocumentSigner(ca, self.enclave.enclave_id)
+        clock = EnclaveClock(self.settings, self.enclave.enclave_id)  # enclave time, changeable live
+        signer = DocumentSigner(ca, self.enclave.enclave_id, clock=clock.now)
         device = NsmDevice(
             module_id=self.enclave.enclave_id,
             signer=signer,
@@ -176,7 +179,8 @@ class Supervisor:
             debug_mode=self.enclave.debug_mode,
             instance_id=self.enclave.instance_id,
         )
-        self._server = NsmServer(self.run_dir / "nsm.sock", device).start()
+        faults = nsm_fault_plan(self.settings, self.enclave.enclave_id)
+        self._server = NsmServer(self.run_dir / "nsm.sock", device, faults=faults).start()
 
     def _check_nsm(self) -> None:
         from fake_nsm.client import NsmClient, SocketTransport

@@ -54,6 +54,7 @@ __all__ = [
     "MissingAuthenticationTokenException",
     "NotFoundException",
     "SerializationException",
+    "ThrottlingException",
     "UnknownOperationException",
     "UnsupportedOperationException",
     "ValidationException",
@@ -159,6 +160,14 @@ class NotFoundException(KmsError):
 
 class SerializationException(KmsError):
     """The body is not a JSON object, or a member has the wrong JSON type."""
+
+
+class ThrottlingException(KmsError):
+    """The request rate is over the quota ("Rate exceeded"); SDKs retry it with backoff.
+
+    Not in KMS's service model but sent by the service (KMS Developer Guide, "Quotas":
+    "ThrottlingException ... Rate exceeded"); only injected faults raise it here.
+    """
 
 
 class UnknownOperationException(KmsError):

@@ -21,12 +21,14 @@ import base64
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from emulator.kms import errors as kms_errors
 from emulator.kms.backend import KmsBackend
 from emulator.kms.errors import (
     IncompleteSignatureException,
@@ -38,8 +40,29 @@ from emulator.kms.errors import (
 )
 from emulator.kms.models import Caller
 from emulator.kms.shapes import OPERATIONS, validate_request
+from fake_nsm.faults import Fault, FaultError, FaultPlan
 
-__all__ = ["CONTENT_TYPE", "KmsResponder", "WireResponse"]
+__all__ = ["CONTENT_TYPE", "INJECTABLE_ERRORS", "KmsResponder", "WireResponse", "injected_error"]
+
+#: Errors a fault may make an operation answer, with AWS's message for each.
+INJECTABLE_ERRORS: dict[str, str] = {
+    "ThrottlingException": "Rate exceeded",
+    "KMSInternalException": "The request could not be completed because of an internal error.",
+    "DisabledException": "{key} is disabled.",
+    "KMSInvalidStateException": "{key} is pending deletion.",
+    "NotFoundException": "Key '{key}' does not exist",
+    "AccessDeniedException": "User is not authorized to perform this operation on {key}",
+}
+
+
+def injected_error(fault: Fault, params: Mapping[str, Any]) -> KmsError:
+    """The KMS error a fault asks for, worded as AWS words it (the key as the request named it)."""
+    assert fault.error is not None
+    cls = getattr(kms_errors, fault.error)
+    key = str(params.get("KeyId") or params.get("SourceKeyId") or "the key")
+    message = fault.message or INJECTABLE_ERRORS.get(fault.error, "injected by nitro-emu").format(key=key)
+    error: KmsError = cls(message)
+    return error
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
 TARGET_PREFIX = "TrentService."
@@ -57,6 +80,8 @@ class WireResponse:
     operation: str = "-"
     caller: str = "-"
     error: str | None = None
+    #: an injected transport fault the server carries out: "drop" or "truncate"
+    transport_fault: str | None = None
 
 
 def _encode(value: Any) -> Any:
@@ -74,10 +99,12 @@ class KmsResponder:
 
     Args:
         backend: the KMS state and rules.
+        faults: injected faults by operation name (``fake_nsm.faults``; docs/testing-unhappy-paths.md).
     """
 
-    def __init__(self, backend: KmsBackend) -> None:
+    def __init__(self, backend: KmsBackend, faults: FaultPlan | None = None) -> None:
         self.backend = backend
+        self.faults = faults
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> WireResponse:
         """The reply to a request; ``headers`` are matched case-insensitively."""
@@ -90,9 +117,19 @@ class KmsResponder:
             caller = self._caller(lowered, path)
             caller_arn = caller.arn
             params = validate_request(operation, self._body(body))
+            fault = self._fault(operation)
+            if fault is not None and fault.drop:
+                return WireResponse(500, {}, b"", operation, caller_arn, "injected drop", "drop")
+            if fault is not None and fault.delay is not None:
+                time.sleep(fault.delay)
+            if fault is not None and fault.error is not None:
+                raise injected_error(fault, params)
             reply = self.backend.dispatch(operation, caller, params)
             payload = json.dumps(_encode(reply)).encode()
-            return self._reply(200, payload, request_id, operation, caller_arn, None)
+            response = self._reply(200, payload, request_id, operation, caller_arn, None)
+            if fault is not None and fault.truncate:
+                return replace(response, transport_fault="truncate")
+            return response
         except KmsError as error:
             payload = json.dumps(error.to_wire()).encode()
             return self._reply(error.status, payload, request_id, operation, caller_arn, error.aws_type)
@@ -103,6 +140,15 @@ class KmsResponder:
             internal = KMSInternalException("The request could not be completed because of an internal error.")
             payload = json.dumps(internal.to_wire()).encode()
             return self._reply(500, payload, request_id, operation, caller_arn, internal.aws_type)
+
+    def _fault(self, operation: str) -> Fault | None:
+        if self.faults is None:
+            return None
+        try:
+            return self.faults.take(operation)
+        except FaultError as error:
+            _log.error("KMS fault plan unreadable, ignored: %s", error)
+            return None
 
     @staticmethod
     def _reply(status: int, payload: bytes, request_id: str, operation: str, caller: str,

@@ -29,6 +29,7 @@ from emulator.kms.models import DEFAULT_ACCOUNT, DEFAULT_REGION
 from emulator.kms.recipient import DEFAULT_MAX_AGE
 from emulator.kms.responses import KmsResponder
 from emulator.kms.store import open_store
+from fake_nsm.faults import FaultPlan
 from fake_nsm.trusted_roots import TrustedRoot
 
 __all__ = ["KmsServer", "KmsServerError", "serve"]
@@ -70,11 +71,19 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = self.rfile.read(length)
         reply = self.server.responder.handle(self.command, self.path, dict(self.headers.items()), payload)
+        if reply.transport_fault == "drop":  # an injected fault: no answer at all
+            _log.info("%s %s dropped (injected fault)", self.command, reply.operation)
+            self.close_connection = True
+            return
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
+        if reply.transport_fault == "truncate":  # an injected fault: half the body, then close
+            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.close_connection = True
+            return
         self.wfile.write(reply.body)
         _log.info(
             "%s %s %d %s caller=%s %.1fms",
@@ -132,6 +141,8 @@ class KmsServer:
         trusted_roots: the roots Recipient documents must chain to (the test CA's root).
         region, account: the KMS's region and account (ARNs use them).
         max_age: how old a Recipient's attestation document may be.
+        faults: injected faults by operation (``fake_nsm.faults.FaultPlan``); a fresh
+            in-memory plan when None (``.faults`` either way).
     """
 
     def __init__(
@@ -144,8 +155,10 @@ class KmsServer:
         region: str = DEFAULT_REGION,
         account: str = DEFAULT_ACCOUNT,
         max_age: timedelta = DEFAULT_MAX_AGE,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.host = host
+        self.faults = faults if faults is not None else FaultPlan()
         self._requested_port = port
         self.state_dir = None if state_dir is None else Path(state_dir)
         self.trusted_roots = tuple(trusted_roots)
@@ -180,7 +193,7 @@ class KmsServer:
                 f"cannot listen on {self.host}:{self._requested_port}: {error}; choose another "
                 "--port (0 picks a free one)"
             ) from error
-        http.responder = KmsResponder(backend)
+        http.responder = KmsResponder(backend, self.faults)
         self.backend = backend
         return http
 

@@ -176,6 +176,22 @@ class EnclaveHandle:
             allow_debug=self.debug_mode,
         )
 
+    @property
+    def clock(self) -> Any:
+        """This enclave's clock (an ``emulator.enclave.clock.EnclaveClock``): e.g.
+        ``handle.clock.set_offset(-4 * 3600)`` makes its documents four hours old."""
+        from emulator.enclave.clock import EnclaveClock
+
+        return EnclaveClock(Settings(self.home), self.enclave_id)
+
+    @property
+    def faults(self) -> Any:
+        """This enclave's NSM faults (a ``fake_nsm.faults.FaultControl``), e.g.
+        ``handle.faults.add("Attestation", error="InternalError", count=1)``."""
+        from emulator.enclave.faults import nsm_fault_control
+
+        return nsm_fault_control(Settings(self.home), self.enclave_id)
+
     def terminate(self) -> None:
         """Terminate the enclave (idempotent; an enclave that already ended is fine)."""
         self._factory.terminate(self)

@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from emulator.errors import EmulatorError
+from emulator.kms.faults import kms_fault_control, kms_faults_path
 from emulator.kms.models import DEFAULT_ACCOUNT, DEFAULT_REGION
 from emulator.kms.server import KmsServer
 from emulator.testing.spec import home_env
 from emulator.vsock.forward import Endpoint, Forwarder, from_enclave
+from emulator.settings import Settings
+from fake_nsm.faults import FaultControl, FaultPlan
 from fake_nsm.trusted_roots import TrustedRoot
 
 #: The parent VSOCK port enclaves reach the KMS on (vsock-proxy's customary 8000).
@@ -58,7 +61,9 @@ class LocalKms:
         self.region = region
         self.account = account
         self.vsock_port = vsock_port
-        self.server = KmsServer(state_dir=state_dir, trusted_roots=trusted_roots, region=region, account=account)
+        self._fault_plan = FaultPlan(kms_faults_path(Settings(self.home)))
+        self.server = KmsServer(state_dir=state_dir, trusted_roots=trusted_roots, region=region,
+                                account=account, faults=self._fault_plan)
         self._forwarder: Forwarder | None = None
         self._thread: threading.Thread | None = None
 
@@ -95,6 +100,12 @@ class LocalKms:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    @property
+    def faults(self) -> FaultControl:
+        """Injected faults, e.g. ``faults.add("Decrypt", error="ThrottlingException", count=1)``;
+        ``nitro-emu fault kms`` with this ``NITRO_EMU_HOME`` reaches the same plan."""
+        return kms_fault_control(self._fault_plan)
 
     @property
     def endpoint_url(self) -> str:

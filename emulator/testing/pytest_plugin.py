@@ -190,6 +190,13 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     node.config.stash.setdefault(_KEPT, []).extend(("", line) for line in lines)
 
 
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """The session's KMS keeps its keys between tests, never a test's injected faults."""
+    kms = getattr(item, "funcargs", {}).get("nitro_kms")
+    if kms is not None:
+        kms.faults.clear()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """Fail the test when one of its enclaves died while it ran, with the enclave's output."""

@@ -20,6 +20,7 @@ import hmac
 import http.client
 import json
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -77,8 +78,27 @@ def sigv4_headers(
     return headers
 
 
+#: Errors an AWS SDK retries (its "standard" retry mode): throttling and the service's own.
+RETRIED = ("ThrottlingException", "KMSInternalException")
+ATTEMPTS = 3
+
+
 def _post(target: str, payload: Mapping[str, Any], *, region: str, credentials: Mapping[str, str],
           tls: bool) -> dict[str, Any]:
+    """One KMS call, retried with exponential backoff (0.1 s, 0.2 s) on throttling and internal
+    errors as the AWS SDKs do; any other error at once."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return _post_once(target, payload, region=region, credentials=credentials, tls=tls)
+        except KmsRefused as error:
+            if error.code not in RETRIED or attempt == ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _post_once(target: str, payload: Mapping[str, Any], *, region: str, credentials: Mapping[str, str],
+               tls: bool) -> dict[str, Any]:
     body = json.dumps(payload).encode()
     headers = sigv4_headers(target, body, region=region, credentials=credentials,
                             now=datetime.datetime.now(datetime.timezone.utc))

@@ -157,3 +157,32 @@ def test_kms_refuses_the_enclave_for_a_key_pinned_to_another_image(
     blob = kms.client().encrypt(KeyId=key, Plaintext=b"not for you")["CiphertextBlob"]
     with pytest.raises(client.protocol.ProtocolError, match="KMS refused: AccessDeniedException"):
         _kms_session(client, service, factory, blob, b"not for you")
+
+
+def test_the_enclave_retries_a_throttled_kms_call(
+    client: ModuleType, service: EnclaveHandle, factory: EnclaveFactory, kms: Any
+) -> None:
+    key = kms.create_key(policy=kms.attested_policy({0: service.measurements[0]}))
+    blob = kms.client().encrypt(KeyId=key, Plaintext=b"patience")["CiphertextBlob"]
+    kms.faults.add("Decrypt", error="ThrottlingException", count=2)   # two refusals, then served
+    assert _kms_session(client, service, factory, blob, b"patience").digest_matches
+    assert kms.faults.armed() == []
+    kms.faults.add("Decrypt", error="ThrottlingException", count=3)   # more than it retries
+    try:
+        with pytest.raises(client.protocol.ProtocolError, match="KMS refused: ThrottlingException: Rate exceeded"):
+            _kms_session(client, service, factory, blob, b"patience")
+    finally:
+        kms.faults.clear()
+
+
+def test_the_client_refuses_a_document_whose_leaf_expired(
+    client: ModuleType, service: EnclaveHandle, factory: EnclaveFactory
+) -> None:
+    """The enclave lives four hours ago: its NSM signs with a leaf (3 h) that expired by now."""
+    service.clock.set_offset(-4 * 3600)
+    try:
+        with pytest.raises(client.Refused, match="failed verification"):
+            _session(client, service, factory, service.measurements)
+    finally:
+        service.clock.set_offset(0)
+    assert _session(client, service, factory, service.measurements).digest_matches

@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 import ca
 from ca import CANotFoundError, CAStorageError, InvalidEnclaveIdError, RootValidityError, TestCA
+from ca.profiles import ROOT_BACKDATE
 
 ENCLAVE = "i-020b6af9246d90e92-enc0183d09086c24190"
 START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -242,8 +243,14 @@ def test_running_ca_reissues_on_use(test_ca: TestCA, clock: FakeClock) -> None:
 
 
 def test_time_outside_the_root_is_refused(test_ca: TestCA) -> None:
+    # A new root starts 5 years before its creation (issue 15: enclave clocks in the past),
+    # so a day, or four years, before it was made is inside it; six years is not.
+    assert test_ca.root_certificate.not_valid_before_utc == START - ROOT_BACKDATE
+    for days in (1, 4 * 365):
+        leaf = test_ca.issue_leaf(ENCLAVE, now=START - timedelta(days=days))
+        assert leaf.not_before == START - timedelta(days=days, seconds=3)
     with pytest.raises(RootValidityError, match="remove"):
-        test_ca.issue_leaf(ENCLAVE, now=START - timedelta(days=1))
+        test_ca.issue_leaf(ENCLAVE, now=START - timedelta(days=6 * 365))
     with pytest.raises(RootValidityError):
         test_ca.issue_leaf(ENCLAVE, now=START + timedelta(days=365 * 31))
 

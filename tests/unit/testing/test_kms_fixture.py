@@ -29,6 +29,14 @@ def test_attested_key_refuses_without_a_recipient(nitro_kms):
         kms.decrypt(CiphertextBlob=blob)
     assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
 
+def test_a_fault_hits_its_test_only_a(nitro_kms):
+    nitro_kms.faults.add("ListKeys", error="ThrottlingException")   # until cleared...
+    assert nitro_kms.faults.armed() == ["ListKeys: error ThrottlingException (until cleared)"]
+
+def test_a_fault_hits_its_test_only_b(nitro_kms):                   # ...which is this test's start
+    assert nitro_kms.faults.armed() == []
+    assert "Keys" in nitro_kms.client().list_keys()
+
 def test_enclaves_reach_it_on_vsock_8000(nitro_kms, nitro_enclave_factory, monkeypatch):
     monkeypatch.setenv("NITRO_EMU_HOME", str(nitro_enclave_factory.home))
     body = b"{}"
@@ -52,6 +60,6 @@ def test_nitro_kms_serves_boto3_and_the_vsock_port(pytester: pytest.Pytester) ->
     pytester.makepyfile(test_user=USER_TESTS)
     home = pytester.path / "h"
     result = pytester.runpytest_subprocess(f"--nitro-state-dir={home}", "-p", "no:cacheprovider", timeout=120)
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=5)
     # the session's KMS is gone with the session: no VSOCK listener left behind
     assert not (home / "run" / "parent" / "8000").exists()

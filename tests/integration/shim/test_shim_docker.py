@@ -9,6 +9,7 @@ compiled on the host that does the NSM ioctl itself.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import re
@@ -186,6 +187,40 @@ def test_unmodified_enclave_code_through_the_shim(
                 sock.sendall(b"from-the-host")
                 answer = json.loads(sock.recv(1000))
             assert answer["data"] == "from-the-host" and answer["peer"][0] == 3
+
+            _injected_faults_through_the_shim(enclave)
+
+
+def _injected_faults_through_the_shim(enclave: Any) -> None:
+    """The C program's ioctl under injected NSM faults (issue 15): an error code is the
+    ioctl's answer, as the NSM's own errors are; a dropped answer is EIO."""
+    import docker
+
+    from emulator.enclave.faults import nsm_fault_control
+    from emulator.settings import get_settings
+
+    client = docker.from_env()
+    try:
+        (container,) = client.containers.list(filters={"label": f"org.nitro-emu.enclave-id={enclave.enclave_id}"})
+
+        def probe() -> dict[str, Any]:
+            # exec'd processes get the container's environment: LD_PRELOAD names the shim
+            command = "exec $(cat /app/nsm_probe.interp) /app/nsm_probe ioctl 6b44657363726962654e534d"
+            code, out = container.exec_run(["sh", "-c", command])
+            assert code == 0, out
+            return dict(json.loads(out))
+
+        faults = nsm_fault_control(get_settings(), enclave.enclave_id)
+        faults.add("DescribeNSM", error="InternalError", count=1)
+        import cbor2
+
+        answer = probe()
+        assert answer["errno"] == 0 and cbor2.loads(bytes.fromhex(answer["reply"])) == {"Error": "InternalError"}
+        faults.add("DescribeNSM", drop=True, count=1)
+        assert probe()["errno"] == errno.EIO
+        assert "DescribeNSM" in cbor2.loads(bytes.fromhex(probe()["reply"]))  # served again
+    finally:
+        client.close()
 
 
 MUSL_LOADER = Path("/lib/ld-musl-x86_64.so.1")

@@ -147,13 +147,19 @@ class _Converter:
     waiting: dict[tuple[int, int, int], list[CpioEntry]] = field(default_factory=dict)
     config: dict[str, bytes] = field(default_factory=dict)
 
-    def run(self) -> None:
-        for entry in self.reader:
+    def run(self, last: dict[str, int]) -> None:
+        for index, entry in enumerate(self.reader):
             parts = _split_name(self.reader, entry)
             if not parts:
                 continue  # "." itself
             if parts[0] == ROOTFS:
-                self._rootfs_entry(entry, "/".join(parts[1:]))
+                path = "/".join(parts[1:])
+                if last.get(path, index) != index:  # a later entry of the same path replaces it
+                    self._check_parents(entry, path)
+                    if entry.kind == stat.S_IFLNK:
+                        self.symlinks.add(path)  # was a symlink at this point of the stream
+                    continue
+                self._rootfs_entry(entry, path)
             elif len(parts) == 1 and parts[0] in ("cmd", "env"):
                 if entry.kind != stat.S_IFREG:
                     raise NitroCliConfigError(self.reader.source, "must be a regular file", entry.name)
@@ -245,21 +251,41 @@ class _Converter:
         self.archive.addfile(info)
 
 
+def _last_occurrences(chunks: Iterable[bytes], source: str, limits: CpioLimits | None) -> dict[str, int]:
+    """The index of the last entry of every rootfs path (headers only; checks the whole archive).
+
+    cpio may name a path twice (linuxkit adds ``rootfs/dev`` & co. after the image's own; the
+    kernel then replaces or keeps the directory); a tar for ``docker import`` may not.
+    """
+    reader = CpioReader(chunks, source=source, limits=limits)
+    last: dict[str, int] = {}
+    for index, entry in enumerate(reader):
+        parts = _split_name(reader, entry)
+        if parts and parts[0] == ROOTFS:
+            last["/".join(parts[1:])] = index
+    return last
+
+
 def convert_customer_ramdisk(
-    chunks: Iterable[bytes], out: IO[bytes], *, source: str, limits: CpioLimits | None = None
+    chunks: Callable[[], Iterable[bytes]], out: IO[bytes], *, source: str, limits: CpioLimits | None = None
 ) -> NitroCliImage:
     """Write ``rootfs/`` of a nitro-cli customer ramdisk as a tar into ``out``; return cmd/env.
+
+    ``chunks`` gives the ramdisk's bytes afresh on each call: a first pass reads the headers
+    (which entry of a path named twice wins), the second converts. Of a path named twice
+    the last entry is kept, as the kernel's initramfs unpacker replaces the earlier one.
 
     Raises:
         CpioFormatError: malformed, truncated, over the limits, or a checksum mismatch.
         UnsafeRamdiskError: an entry escaping ``rootfs/`` or written through a symlink.
         NitroCliConfigError: ``cmd`` or ``env`` missing or not regular files.
     """
-    reader = CpioReader(chunks, source=source, limits=limits)
+    last = _last_occurrences(chunks(), source, limits)
+    reader = CpioReader(chunks(), source=source, limits=limits)
     with tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
                          copybufsize=_COPY) as archive:
         converter = _Converter(reader, archive)
-        converter.run()
+        converter.run(last)
     for name in ("cmd", "env"):
         if name not in converter.config:
             raise NitroCliConfigError(
@@ -310,7 +336,7 @@ def load_nitro_cli_image(
     """
     with tempfile.TemporaryFile(prefix="nitro-emu-rootfs-") as spool:
         image = convert_customer_ramdisk(
-            _ramdisk_chunks(eif), spool, source=f"{eif.path}: application ramdisk", limits=limits,
+            lambda: _ramdisk_chunks(eif), spool, source=f"{eif.path}: application ramdisk", limits=limits,
         )
         for note in image.notes:
             logger.warning("%s: %s", eif.path, note)

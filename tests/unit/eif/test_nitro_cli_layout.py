@@ -26,7 +26,7 @@ from .nitro_cli_ramdisks import DIR, EXE, FILE, LINK, bootstrap_ramdisk, custome
 
 def _convert(data: bytes, limits: CpioLimits | None = None) -> tuple[dict[str, tarfile.TarInfo], dict[str, bytes], object]:
     out = io.BytesIO()
-    image = convert_customer_ramdisk([data], out, source="test.eif: application ramdisk", limits=limits)
+    image = convert_customer_ramdisk(lambda: [data], out, source="test.eif: application ramdisk", limits=limits)
     out.seek(0)
     with tarfile.open(fileobj=out) as archive:
         members = {member.name: member for member in archive.getmembers()}
@@ -132,7 +132,7 @@ def test_writing_through_a_symlink_is_refused(tmp_path: Path) -> None:
     data = customer_ramdisk([("etc", LINK, str(outside).encode()), ("etc/pwned", FILE, b"pwned")])
     spool = io.BytesIO()
     with pytest.raises(UnsafeRamdiskError, match=r"rootfs/etc/pwned.*through the symlink rootfs/etc") as caught:
-        convert_customer_ramdisk([data], spool, source="test")
+        convert_customer_ramdisk(lambda: [data], spool, source="test")
     assert caught.value.entry == "rootfs/etc/pwned"
     assert list(outside.iterdir()) == []  # nothing is ever unpacked onto the host's filesystem
 
@@ -196,3 +196,22 @@ def test_an_unknown_application_ramdisk_is_an_e35(tmp_path: Path) -> None:
     eif = read_eif(_eif(tmp_path, b"\x00" * 600))
     with pytest.raises(EifFormatError, match="neither a nitro-emu archive nor a nitro-cli cpio"):
         ramdisk_layout(eif)
+
+
+def test_a_path_named_twice_keeps_its_last_entry() -> None:
+    data = customer_ramdisk([("dev", DIR, b""), ("etc", DIR, b""), ("etc/hosts", FILE, b"image"),
+                             ("etc/hosts", FILE, b"127.0.0.1 localhost\n")])  # + linuxkit's rootfs/dev
+    members, bodies, _ = _convert(data)
+    assert bodies["etc/hosts"] == b"127.0.0.1 localhost\n"
+    out = io.BytesIO()
+    convert_customer_ramdisk(lambda: [data], out, source="test")
+    out.seek(0)
+    with tarfile.open(fileobj=out) as archive:
+        names = archive.getnames()
+    assert len(names) == len(set(names))  # docker import refuses duplicates
+
+
+def test_a_symlink_replaced_later_still_guards_what_was_written_through_it() -> None:
+    data = customer_ramdisk([("etc", LINK, b"/"), ("etc/pwned", FILE, b"x"), ("etc", DIR, b"")])
+    with pytest.raises(UnsafeRamdiskError, match="through the symlink rootfs/etc"):
+        _convert(data)

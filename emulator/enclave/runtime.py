@@ -411,9 +411,14 @@ def enclave_logs(enclave_id: str, *, client: docker.DockerClient | None = None) 
     if record is not None and record.container_id and supervisor_alive(record):
         import docker.errors
 
-        with contextlib.suppress(docker.errors.NotFound):
+        try:
             raw = enclave_engine(client).containers.get(record.container_id).logs()
             return str(raw.decode("utf-8", "replace"))
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:  # 409: dead or being removed; its log is written
+            if error.status_code != 409:
+                raise
     path = log_path(settings, enclave_id)
     if path.exists():
         return path.read_text(errors="replace")

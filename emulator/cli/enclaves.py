@@ -22,6 +22,13 @@ _CONFIG_KEYS = frozenset(
 )
 
 
+#: run-enclave's one stderr line for an EIF that nitro-cli built (docs/fidelity.md).
+NITRO_CLI_NOTE = (
+    "nitro-emu: a nitro-cli EIF: its PCRs are the file's own, but its kernel, init and nsm.ko are not "
+    "run; the customer ramdisk's cmd runs in a container as the SDK's init would run it."
+)
+
+
 def _print_json(value: Any) -> None:
     """serde_json::to_string_pretty: 2-space indent, ``": "``."""
     print(json.dumps(value, indent=2))
@@ -176,6 +183,8 @@ def run_enclave_command(args: argparse.Namespace) -> int:
             f"cpu-ids: [{', '.join(map(str, info.cpu_ids))}]",
             file=sys.stderr, flush=True,
         )
+        if info.extra.get("eif_layout") == "nitro-cli":
+            print(NITRO_CLI_NOTE, file=sys.stderr, flush=True)
 
     info = run_enclave(
         options.pop("eif_path"), instance_id=args.instance_id, on_started=started,

@@ -24,7 +24,7 @@ from emulator.settings import Settings
 if TYPE_CHECKING:
     import docker
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class EifSummary:
         measurements: nitro-cli's ``Measurements`` map (HashAlgorithm, PCR0, PCR1, PCR2[, PCR8]).
         metadata: ``describe-enclaves --metadata``'s ``Metadata`` object, None without one.
         image_tag: the local Docker image of its application ramdisk.
+        layout: ``nitro-emu`` (a canonical tar ramdisk) or ``nitro-cli`` (a cpio customer
+            ramdisk, :mod:`emulator.eif.nitro_cli_layout`).
     """
 
     path: Path
@@ -44,6 +46,7 @@ class EifSummary:
     image_version: str | None
     metadata: Mapping[str, Any] | None
     image_tag: str
+    layout: str = "nitro-emu"
 
 
 def _key(path: Path, stat: os.stat_result) -> str:
@@ -106,8 +109,16 @@ def summarize_eif(settings: Settings, client: docker.DockerClient, eif_path: Pat
 
 
 def _verify_and_load(client: docker.DockerClient, path: Path, size: int) -> EifSummary:
+    from emulator.engine.client import image_exists
     from emulator.eif.file import read_eif
-    from emulator.eif.ramdisk import load_enclave_image
+    from emulator.eif.nitro_cli_layout import LAYOUT_NITRO_CLI, load_nitro_cli_image, ramdisk_layout
+    from emulator.eif.ramdisk import (
+        LABEL_PCR0,
+        LABEL_PURPOSE,
+        EnclaveImageLoadError,
+        enclave_image_tag,
+        load_enclave_image,
+    )
 
     eif = read_eif(path)
     if not eif.crc_ok:
@@ -117,7 +128,14 @@ def _verify_and_load(client: docker.DockerClient, path: Path, size: int) -> EifS
                     f"content ({eif.computed_crc:#010x}); the file is corrupt or was modified. "
                     "Rebuild it with `nitro-emu build-enclave`."),
         )
-    tag = load_enclave_image(client, eif)
+    layout = ramdisk_layout(eif)
+    if layout == LAYOUT_NITRO_CLI:
+        tag = enclave_image_tag(eif)
+        if not image_exists(client, tag):
+            labels = {LABEL_PCR0: eif.measurements.pcr0.hex(), LABEL_PURPOSE: "enclave-image"}
+            load_nitro_cli_image(client, eif, tag, labels, error=EnclaveImageLoadError)
+    else:
+        tag = load_enclave_image(client, eif)
     name, version, metadata = describe_metadata(eif.metadata)
     return EifSummary(
         path=path,
@@ -127,4 +145,5 @@ def _verify_and_load(client: docker.DockerClient, path: Path, size: int) -> EifS
         image_version=version,
         metadata=metadata,
         image_tag=tag,
+        layout=layout,
     )

@@ -196,11 +196,12 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
     import docker.errors
 
     from emulator.enclave.container import ContainerContext, collect_extras, container_settings
+    from emulator.enclave.nitro_cli_init import init_extras
     from emulator.enclave.supervisor import make_runtime_dirs
     from emulator.shim.build import container_extras as shim_extras
 
     run_dir = make_runtime_dirs(settings, info.cid)
-    extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras,))
+    extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras, init_extras))
     kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir, extras=extras)
     kwargs.pop("detach", None)
     try:
@@ -289,6 +290,7 @@ def run_enclave(
             instance_id=instance, started_at_ms=started, image_name=summary.image_name,
             image_version=summary.image_version, metadata=summary.metadata,
             image_tag=summary.image_tag, host_cpus=host_cpuset(cpus),
+            extra={"eif_layout": summary.layout},
         )
         write_record(settings, info)
         if offset:
@@ -416,9 +418,14 @@ def enclave_logs(enclave_id: str, *, client: docker.DockerClient | None = None) 
     if record is not None and record.container_id and supervisor_alive(record):
         import docker.errors
 
-        with contextlib.suppress(docker.errors.NotFound):
+        try:
             raw = enclave_engine(client).containers.get(record.container_id).logs()
             return str(raw.decode("utf-8", "replace"))
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:  # 409: dead or being removed; its log is written
+            if error.status_code != 409:
+                raise
     path = log_path(settings, enclave_id)
     if path.exists():
         return path.read_text(errors="replace")

@@ -279,6 +279,7 @@ class EnclaveFactory:
                 debug_mode=spec.debug_mode,
                 enclave_name=enclave_name,
                 instance_id=spec.instance_id,
+                clock_offset=spec.clock_offset,
             )
         handle = EnclaveHandle(self, info, built, spec.debug_mode)
         self.running[handle.enclave_id] = handle

@@ -69,7 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{MARKER}(image=None, dockerfile_dir=None, memory_mib=None, cpu_count=1, "
-        "debug_mode=False, instance_id=None, build_args=None): the enclave that the "
+        "debug_mode=False, instance_id=None, build_args=None, clock_offset=0.0): the enclave that the "
         "nitro_enclave fixture runs (give image= or dockerfile_dir=)",
     )
     config.stash[_KEPT] = []

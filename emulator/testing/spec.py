@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from emulator.enclave.clock import MAX_OFFSET_S
 from emulator.errors import EmulatorError
 from emulator.settings import ENV_HOME
 
@@ -91,6 +92,8 @@ class EnclaveSpec:
         debug_mode: run with ``--debug-mode`` (attestation PCRs read as zero).
         instance_id: the emulated parent instance id (``i-`` + 17 hex digits; PCR4).
         build_args: Docker build arguments for ``dockerfile_dir``.
+        clock_offset: seconds the enclave's clock is ahead of the host's (negative: behind;
+            run-enclave ``--clock-offset``, docs/testing-unhappy-paths.md).
     """
 
     image: str | None = None
@@ -100,6 +103,7 @@ class EnclaveSpec:
     debug_mode: bool = False
     instance_id: str | None = None
     build_args: Mapping[str, str] | None = None
+    clock_offset: float = 0.0
 
     @classmethod
     def from_arguments(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, where: str) -> EnclaveSpec:
@@ -146,6 +150,11 @@ class EnclaveSpec:
             isinstance(k, str) and isinstance(v, str) for k, v in dict(self.build_args).items()
         ):
             raise EnclaveSpecError(f"{where}: build_args must map text to text")
+        offset = self.clock_offset
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not abs(offset) <= MAX_OFFSET_S:
+            raise EnclaveSpecError(
+                f"{where}: clock_offset={offset!r} must be a number of seconds within +-{MAX_OFFSET_S:.0f} (100 years)"
+            )
         return self
 
 

@@ -7,6 +7,7 @@ verdicts are the verifier's. ``describe-enclaves`` must show what is armed.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ def enclave(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, base_i
     (context / "app.py").write_text(APP)
     (context / "Dockerfile").write_text(f'FROM {base_image}\nCOPY app.py /app/\nCMD ["python3", "/app/app.py"]\n')
     factory = EnclaveFactory(tmp_path_factory.mktemp("unhappy") / "home", docker_client=docker_client, worker="unhappy")
-    handle = factory.start(EnclaveSpec(dockerfile_dir=context).checked(), name="sleeper")
-    yield factory, handle
+    spec = EnclaveSpec(dockerfile_dir=context).checked()
+    handle = factory.start(spec, name="sleeper")
+    yield factory, handle, spec
     factory.close()
 
 
@@ -43,9 +45,9 @@ def describe(handle: EnclaveHandle, monkeypatch: pytest.MonkeyPatch, capsys: pyt
 
 
 def test_an_nsm_fault_hits_the_client_then_clears(
-    enclave: tuple[EnclaveFactory, EnclaveHandle], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    enclave: tuple[EnclaveFactory, EnclaveHandle, EnclaveSpec], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, handle = enclave
+    _, handle, _ = enclave
     handle.faults.add("Attestation", error="InternalError", count=1)
     record, err = describe(handle, monkeypatch, capsys)
     assert record["NitroEmuFaults"] == ["Attestation: error InternalError (1 left)"]
@@ -65,10 +67,10 @@ def test_an_nsm_fault_hits_the_client_then_clears(
     ids=["leaf-expired", "from-the-future", "stale"],
 )
 def test_the_enclave_clock_dates_documents_and_certificates(
-    enclave: tuple[EnclaveFactory, EnclaveHandle], offset: int, verdict: type[Exception],
+    enclave: tuple[EnclaveFactory, EnclaveHandle, EnclaveSpec], offset: int, verdict: type[Exception],
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    factory, handle = enclave
+    factory, handle, _ = enclave
     handle.clock.set_offset(offset)
     try:
         raw = handle.attest_raw(nonce=b"t")
@@ -85,9 +87,9 @@ def test_the_enclave_clock_dates_documents_and_certificates(
 
 
 def test_the_clock_command_sets_and_shows_it(
-    enclave: tuple[EnclaveFactory, EnclaveHandle], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    enclave: tuple[EnclaveFactory, EnclaveHandle, EnclaveSpec], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, handle = enclave
+    _, handle, _ = enclave
     monkeypatch.setenv("NITRO_EMU_HOME", str(handle.home))
     try:
         assert main(["clock", "--enclave-id", handle.enclave_id, "--offset", "-86400"]) == 0
@@ -99,3 +101,19 @@ def test_the_clock_command_sets_and_shows_it(
         assert "within" in capsys.readouterr().err
     finally:
         handle.clock.set_offset(0)
+
+
+
+def test_the_spec_clock_offset_starts_an_enclave_in_the_past(enclave: tuple[EnclaveFactory, EnclaveHandle, EnclaveSpec]) -> None:
+    """``@pytest.mark.nitro_enclave(..., clock_offset=-600)``: its first document is already old."""
+    factory, _, spec = enclave
+    past = factory.start(replace(spec, clock_offset=-600), name="past")
+    try:
+        raw = past.attest_raw(nonce=b"p")
+        assert past.clock.offset() == -600
+    finally:
+        past.terminate()
+    stamped = datetime.fromtimestamp(read_unverified_document(raw).timestamp / 1000, timezone.utc)
+    assert abs(datetime.now(timezone.utc) - timedelta(seconds=600) - stamped) < timedelta(seconds=60)
+    with pytest.raises(StaleDocumentError):
+        verify_attestation_document(raw, trusted_roots=[factory.ca.root_der], max_age=timedelta(minutes=5))

@@ -34,6 +34,9 @@ def dockerfile_dir(tmp_path: Path) -> Path:
         ({"image": "a", "debug_mode": "yes"}, "debug_mode='yes' must be True or False"),
         ({"image": "a", "instance_id": "i-123"}, "'i-' followed by 17 lower-case hex digits"),
         ({"image": "a", "memroy_mib": 512}, "unknown argument(s) ['memroy_mib']"),
+        ({"image": "a", "clock_offset": "-1h"}, "clock_offset='-1h' must be a number of seconds"),
+        ({"image": "a", "clock_offset": float("nan")}, "clock_offset=nan must be a number of seconds"),
+        ({"image": "a", "clock_offset": 1e12}, "within +-"),
     ],
 )
 def test_bad_marker_values_name_the_argument(kwargs: dict[str, object], message: str) -> None:

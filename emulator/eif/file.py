@@ -319,11 +319,16 @@ def read_eif(path: Path | str) -> EifImage:
             kind = section_header.section_type
             if kind not in _KNOWN_TYPES:
                 raise EifFormatError(path, f"section {index} has an invalid type {kind}")
-            if section_header.size != declared_size:
+            # nitro-cli 1.4's sign-eif, replacing a signature (image-format 0.5 write_signature),
+            # leaves the header's size of that last section stale; AWS's reader trusts the
+            # section header, so a last signature section is read by its own size.
+            stale_signature_size = kind == SectionType.SIGNATURE and index == header.num_sections - 1
+            if section_header.size != declared_size and not stale_signature_size:
                 raise EifFormatError(
                     path,
                     f"section {index} holds {section_header.size} bytes but the header says {declared_size}",
                 )
+            declared_size = section_header.size
             if position + SECTION_HEADER_SIZE + declared_size > file_size:
                 raise EifFormatError(path, f"section {index} runs past the end of the file (truncated?)")
             measured: tuple[PcrHasher, ...]

@@ -115,6 +115,29 @@ def test_a_corrupt_eif_is_refused_and_left_unchanged(tmp_path: Path) -> None:
     assert path.read_bytes() == bytes(data)
 
 
+def test_a_stale_header_size_of_the_last_signature_reads_as_aws_reads_it(tmp_path: Path) -> None:
+    # nitro-cli 1.4 re-signing (image-format 0.5 write_signature) updates the section but not
+    # the header's size entry; AWS's EifReader follows the section headers.
+    cert_path, key_path = make_signer(tmp_path)
+    path = tmp_path / "app.eif"
+    write_sample(path, EifSigner.from_files(cert_path, key_path))
+    eif = read_eif(path)
+    data = bytearray(path.read_bytes())
+    entry = 284 + 8 * (len(eif.sections) - 1)
+    data[entry : entry + 8] = struct.pack(">Q", eif.sections[-1].size - 7)
+    data[HEADER - 4 : HEADER] = struct.pack(">I", file_crc(bytes(data)))
+    path.write_bytes(bytes(data))
+    stale = read_eif(path)
+    assert stale.crc_ok and stale.signature_ok is True and stale.measurements == eif.measurements
+    sign_eif_file(path, EifSigner.from_files(cert_path, key_path))  # re-signing repairs the entry
+    assert read_eif(path).header.section_sizes[-1] == read_eif(path).sections[-1].size
+    # any other section's size must still agree
+    data[284 : 284 + 8] = struct.pack(">Q", eif.sections[0].size + 1)
+    path.write_bytes(bytes(data))
+    with pytest.raises(EifFormatError, match="section 0 holds"):
+        read_eif(path)
+
+
 def sign_cli(capsys: pytest.CaptureFixture[str], eif: Path, cert: Path, key: Path) -> tuple[int, str, str]:
     return run_cli(capsys, "sign-eif", "--eif-path", str(eif), "--signing-certificate", str(cert),
                    "--private-key", str(key))

@@ -62,6 +62,7 @@ def _build_enclave(args: argparse.Namespace) -> int:
             name=args.name,
             version=args.version,
             metadata=custom,
+            ramdisk_format=args.format,
             notify=_progress,
         )
     finally:
@@ -253,6 +254,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     build.add_argument("--name", help="the image name stored in the EIF metadata")
     build.add_argument("--version", help="the image version stored in the EIF metadata")
     build.add_argument("--metadata", help="a JSON file stored as the EIF's custom metadata")
+    build.add_argument(
+        "--format", choices=("nitro-emu", "nitro-cli"), default="nitro-emu",
+        help="application ramdisk: nitro-emu's reproducible archive (default) or nitro-cli's cpio layout",
+    )
     build.set_defaults(handler=_build_enclave)
 
     describe = subparsers.add_parser("describe-eif", help="describe an enclave image file")

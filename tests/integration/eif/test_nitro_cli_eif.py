@@ -316,3 +316,31 @@ def test_a_signed_aws_built_eif_attests_its_pcr8(
         base64.b64decode(probe["doc"]), trusted_roots=[root], nonce=b"cli-nonce", allow_debug=False,
     )
     assert {i: document.pcrs[i] for i in (0, 1, 2, 8)} == measurements.pcrs()
+
+
+def test_build_enclave_format_nitro_cli_runs_like_nitro_cli_and_the_crate_agrees(
+    build_app_image: Any, build_app_eif: Any, docker_client: Any, aws_builder: Path, nitro_home: Path,
+    run_test_enclave: Any, tmp_path: Path,
+) -> None:
+    from ca import TestCA
+    from emulator.eif.file import read_eif
+    from emulator.eif.nitro_cli_layout import LAYOUT_NITRO_CLI, ramdisk_layout
+    from fake_nsm.verifier import verify_attestation_document
+
+    image = build_app_image({"/app/probe.py": PROBE}, cmd=["python3", "/app/probe.py", "two words", ""])
+    path, measurements = build_app_eif(image, tmp_path, name="nitro-cli-format", ramdisk_format="nitro-cli")
+    eif = read_eif(path)
+    assert ramdisk_layout(eif) == LAYOUT_NITRO_CLI and eif.measurements == measurements
+    crate = describe_eif(aws_builder, path)
+    assert crate["CheckCRC"] is True and crate["Measurements"] == measurements.to_nitro_cli_json()
+    with run_test_enclave(path, memory_mib=minimum_memory(path), cpu_count=2) as info:
+        probe = _probe(info.enclave_id)
+    assert probe["argv"] == ["/app/probe.py", "two words", ""] and probe["cwd"] == "/"
+    image_env = docker_client.images.get(image).attrs["Config"]["Env"]
+    own = ("NITRO_EMU_", "LD_PRELOAD")
+    assert sorted(f"{k}={v}" for k, v in probe["env"].items() if not k.startswith(own)) == sorted(image_env)
+    root = TestCA.load_or_create(nitro_home / "ca").root_certificate
+    document = verify_attestation_document(
+        base64.b64decode(probe["doc"]), trusted_roots=[root], nonce=b"cli-nonce", allow_debug=False,
+    )
+    assert {i: document.pcrs[i] for i in (0, 1, 2)} == measurements.pcrs()

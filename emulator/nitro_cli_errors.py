@@ -1,4 +1,4 @@
-"""nitro-cli's numbered errors E00..E59, as nitro-cli prints and explains them.
+"""nitro-cli's numbered errors E00..E60, as nitro-cli prints and explains them.
 
 Facts from aws/aws-nitro-enclaves-cli: the code of each ``NitroCliErrorEnum`` variant and the
 text after ``[ Exx ]`` (``src/common/document_errors.rs``, ``ERROR_CODES``,
@@ -209,6 +209,8 @@ _ROWS: tuple[NitroCliErrorInfo, ...] = (
     _row(57, "HasherError", "Hasher error. Such error appears when trying to initialize a hasher or write bytes to it, resulting in a IO error."),
     _row(58, "EnclaveNamingError", "Naming error. Such error appears when trying to perform an enclave operation using the enclave name and the name is invalid."),
     _row(59, "EIFSignatureCheckerError", "EIF signature checker error. Such error appears when validation of the signing certificate fails."),
+    # E60 came with sign-eif (nitro-cli 1.4.0); explain_error has its own text for it.
+    _row(60, "EIFSigningError", "Signing error. Such error appears if incorrect key or certificate paths are provided, or when AWS credenrials need to be refreshed to use a KMS key."),
 )
 
 #: Rows by code, E00 first.
@@ -223,7 +225,7 @@ class UnknownErrorCode(NitroCliError):
     def __init__(self, text: str) -> None:
         super().__init__(
             3,
-            f"Invalid argument provided. `--error-code` must be one of E00..E59, not `{text}`.",
+            f"Invalid argument provided. `--error-code` must be one of E00..E60, not `{text}`.",
         )
         self.text = text
 

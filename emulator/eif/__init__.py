@@ -3,7 +3,7 @@
 | module | holds |
 |---|---|
 | ``format`` | the EIF header, section headers and CRC (nitro-facts §3.3) |
-| ``file`` | writing and reading EIF files, section by section |
+| ``file`` | writing, reading and signing (``sign-eif``) EIF files, section by section |
 | ``build`` | ``build-enclave``: a Docker image -> an EIF |
 | ``ramdisk`` | the application ramdisk: canonical archive of the image, and loading it back |
 | ``boot_blobs`` | the fixed kernel/cmdline/bootstrap sections (PCR1) |
@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from emulator.eif.build import build_eif
-from emulator.eif.file import EifImage, Section, read_eif, write_eif
+from emulator.eif.file import EifImage, Section, read_eif, sign_eif_file, write_eif
 from emulator.eif.measurements import Measurements
 
-__all__ = ["EifImage", "Measurements", "Section", "build_eif", "read_eif", "write_eif"]
+__all__ = ["EifImage", "Measurements", "Section", "build_eif", "read_eif", "sign_eif_file", "write_eif"]

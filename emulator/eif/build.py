@@ -1,18 +1,21 @@
 """build-enclave: a local Docker image becomes an EIF with real PCRs (nitro-facts §3).
 
 Sections: nitro-emu's boot blobs (kernel, cmdline, boot ramdisk; PCR1 fixed per release),
-the ``EifIdentityInfo`` metadata JSON, the canonical application ramdisk
-(``emulator.eif.ramdisk``) and, when asked, the signature section (``emulator.eif.signing``).
+the ``EifIdentityInfo`` metadata JSON, the application ramdisk (the canonical archive of
+``emulator.eif.ramdisk`` by default, or nitro-cli's cpio layout of
+``emulator.eif.nitro_cli_ramdisk``) and, when asked, the signature section
+(``emulator.eif.signing``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import docker
 import docker.errors
@@ -22,12 +25,16 @@ from emulator.eif.boot_blobs import boot_blobs
 from emulator.eif.file import write_eif
 from emulator.eif.signing import EifSigner
 from emulator.errors import NitroCliError
-from emulator.eif.ramdisk import app_ramdisk_source, resolve_image
+from emulator.eif.nitro_cli_ramdisk import cmd_and_env, write_nitro_cli_ramdisk
+from emulator.eif.ramdisk import app_ramdisk_source, export_rootfs, image_config, resolve_image
 from emulator.eif.measurements import Measurements
 
 BUILD_TOOL = "nitro-emu"
 #: Docker architectures and the EIF header's arch flag (cli ``enclave_build/src/lib.rs``).
 _ARCH_FLAGS = {"amd64": False, "arm64": True}
+#: ``build-enclave --format``: nitro-emu's canonical archive (default) or nitro-cli's cpio.
+FORMAT_NITRO_EMU, FORMAT_NITRO_CLI = "nitro-emu", "nitro-cli"
+FORMATS = (FORMAT_NITRO_EMU, FORMAT_NITRO_CLI)
 
 
 class EifBuildError(NitroCliError):
@@ -110,6 +117,19 @@ def build_docker_image(client: docker.DockerClient, directory: Path, tag: str) -
         raise DockerImageBuildError(Path(directory), str(error.explanation or error)) from error
 
 
+def nitro_cli_ramdisk_source(client: docker.DockerClient, image: Any) -> Callable[[BinaryIO], None]:
+    """A writer of ``image``'s customer ramdisk in nitro-cli's layout, for ``write_eif``."""
+    config = image_config(image)
+    cmd_and_env(config)  # no command: fail before exporting anything
+
+    def write(out: BinaryIO) -> None:
+        with tempfile.TemporaryFile(prefix="nitro-emu-export-") as spool:
+            export_rootfs(client, image.id, spool)
+            write_nitro_cli_ramdisk(spool, config, out)
+
+    return write
+
+
 def build_eif(
     docker_client: docker.DockerClient,
     image: str,
@@ -120,6 +140,7 @@ def build_eif(
     name: str | None = None,
     version: str | None = None,
     metadata: Any = None,
+    ramdisk_format: str = FORMAT_NITRO_EMU,
     notify: Callable[[str], None] = lambda _: None,
 ) -> Measurements:
     """Build ``output`` (an EIF v4) from the local Docker image ``image``.
@@ -129,11 +150,14 @@ def build_eif(
         signing_certificate, private_key: PEM files; both or neither.
         name, version: ``ImageName`` / ``ImageVersion`` in the metadata.
         metadata: JSON value stored as ``CustomMetadata``.
+        ramdisk_format: ``"nitro-emu"`` (the canonical archive) or ``"nitro-cli"`` (its cpio).
         notify: receives nitro-cli's progress lines.
 
     Returns:
         The measurements (PCR0/1/2, and PCR8 when signed).
     """
+    if ramdisk_format not in FORMATS:
+        raise EifBuildError(f"unknown format {ramdisk_format!r}; use one of {', '.join(FORMATS)}")
     if (signing_certificate is None) != (private_key is None):
         raise EifBuildError("--signing-certificate and --private-key must be given together")
     signer = None
@@ -147,6 +171,10 @@ def build_eif(
     if architecture not in _ARCH_FLAGS:
         raise EifBuildError(f"{image!r} is a {architecture} image; enclaves run amd64 or arm64 images")
     blobs = boot_blobs()
+    if ramdisk_format == FORMAT_NITRO_CLI:
+        app = nitro_cli_ramdisk_source(docker_client, found)
+    else:
+        app = app_ramdisk_source(docker_client, found)
     section = identity_metadata(
         image, found.attrs, blobs.kernel_version, name=name, version=version, custom=metadata
     )
@@ -156,7 +184,7 @@ def build_eif(
             kernel=blobs.kernel,
             cmdline=blobs.cmdline,
             metadata=section,
-            ramdisks=(blobs.boot_ramdisk, app_ramdisk_source(docker_client, found)),
+            ramdisks=(blobs.boot_ramdisk, app),
             signer=signer,
             arm64=_ARCH_FLAGS[architecture],
         )

@@ -20,7 +20,7 @@ import stat
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from emulator.eif.format import EifFormatError
 
@@ -329,11 +329,16 @@ class CpioWriter:
 
     Args:
         crc: write ``070702`` headers with checksums instead of ``070701``.
+        gocpio: write the header fields exactly as linuxkit's vendored
+            ``github.com/surma/gocpio`` ``Writer.WriteHeader`` does: lower-case hex and the
+            device field fixed at 3:1 (otherwise upper-case hex and device 0:0).
     """
 
-    def __init__(self, out: BinaryIO, *, crc: bool = False) -> None:
+    def __init__(self, out: BinaryIO, *, crc: bool = False, gocpio: bool = False) -> None:
         self._out = out
         self._crc = crc
+        self._hex = b"%08x" if gocpio else b"%08X"
+        self._device = (3, 1) if gocpio else (0, 0)
         self._next_ino = FIRST_INODE
         self.written = 0
 
@@ -351,14 +356,31 @@ class CpioWriter:
             nlink = 2 if stat.S_ISDIR(mode) else 1
         encoded = name.encode("utf-8", "surrogateescape") + b"\0"
         checksum = (sum(data) & 0xFFFFFFFF) if check is None else check
-        fields = (ino, mode, uid, gid, nlink, mtime, len(data) if size is None else size, 0, 0, rdev[0], rdev[1],
-                  len(encoded), checksum if self._crc else 0)
-        header = (CRC_MAGIC if self._crc else NEWC_MAGIC) + b"".join(b"%08X" % value for value in fields)
+        fields = (ino, mode, uid, gid, nlink, mtime, len(data) if size is None else size, *self._device,
+                  rdev[0], rdev[1], len(encoded), checksum if self._crc else 0)
+        header = (CRC_MAGIC if self._crc else NEWC_MAGIC) + b"".join(self._hex % value for value in fields)
         self._write(header + encoded + b"\0" * _pad(HEADER_SIZE + len(encoded)))
         self._write(data + b"\0" * _pad(len(data)))
         return ino
 
-    def finish(self, *, block: int = 512) -> None:
-        """Write ``TRAILER!!!`` and pad the archive to a multiple of ``block``."""
-        self.add(TRAILER, 0, ino=0, nlink=1)
+    def add_stream(self, name: str, mode: int, source: IO[bytes], size: int, *, uid: int = 0, gid: int = 0,
+                   mtime: int = 0) -> int:
+        """Append a regular file of ``size`` bytes read from ``source`` in blocks (no checksum)."""
+        ino = self.add(name, mode, uid=uid, gid=gid, mtime=mtime, size=size, check=0)
+        remaining = size
+        while remaining:
+            block = source.read(min(_READ_SIZE, remaining))
+            if not block:
+                raise OSError(f"{name}: the source ended {remaining} bytes early")
+            self._write(block)
+            remaining -= len(block)
+        self._write(b"\0" * _pad(size))
+        return ino
+
+    def finish(self, *, block: int = 512, trailer_ino: int | None = 0) -> None:
+        """Write ``TRAILER!!!`` and pad the archive to a multiple of ``block``.
+
+        ``trailer_ino=None`` numbers the trailer like any entry (gocpio does).
+        """
+        self.add(TRAILER, 0, ino=trailer_ino, nlink=1)
         self._write(b"\0" * (-self.written % block))

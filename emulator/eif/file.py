@@ -119,6 +119,21 @@ def _write_section(
     layout.sizes.append(writer.size)
 
 
+def _write_header(out: BinaryIO, layout: _Layout, template: EifHeader) -> None:
+    """Write the header at offset 0: ``template``'s fields, the layout's sections, the CRC."""
+    header = replace(
+        template,
+        num_sections=len(layout.offsets),
+        section_offsets=tuple(layout.offsets),
+        section_sizes=tuple(layout.sizes),
+        crc32=0,
+    )
+    prefix = header_crc_input(header.pack())
+    total = crc32_combine(crc32(prefix), layout.crc, layout.length)
+    out.seek(0)
+    out.write(replace(header, crc32=total).pack())
+
+
 def write_eif(
     output: Path,
     *,
@@ -164,19 +179,9 @@ def write_eif(
             if signer is not None:
                 _write_section(out, layout, SectionType.SIGNATURE, signer.signature_section(pcr0))
                 pcr8 = signer.pcr8
-            header = EifHeader(
-                EIF_VERSION,
-                1 if arm64 else 0,
-                default_memory,
-                default_cpus,
-                len(layout.offsets),
-                tuple(layout.offsets),
-                tuple(layout.sizes),
+            _write_header(
+                out, layout, EifHeader(EIF_VERSION, 1 if arm64 else 0, default_memory, default_cpus, 0, (), ())
             )
-            prefix = header_crc_input(header.pack())
-            total = crc32_combine(crc32(prefix), layout.crc, layout.length)
-            out.seek(0)
-            out.write(replace(header, crc32=total).pack())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp made it 0600; a build output is not secret
@@ -196,6 +201,7 @@ class Section:
     flags: int
     offset: int  # of the section header
     size: int  # of the data
+    crc: int = 0  # CRC-32 of the section header and data (what the file's CRC combines)
 
     @property
     def data_offset(self) -> int:
@@ -308,16 +314,21 @@ def read_eif(path: Path | str) -> EifImage:
                     path, f"section {index} is declared at offset {declared_offset}, found at {position}"
                 )
             raw = _read_exact(stream, SECTION_HEADER_SIZE, path, f"the header of section {index}")
-            crc = crc32(raw, crc)
+            section_crc = crc32(raw)
             section_header = SectionHeader.unpack(raw)
             kind = section_header.section_type
             if kind not in _KNOWN_TYPES:
                 raise EifFormatError(path, f"section {index} has an invalid type {kind}")
-            if section_header.size != declared_size:
+            # nitro-cli 1.4's sign-eif, replacing a signature (image-format 0.5 write_signature),
+            # leaves the header's size of that last section stale; AWS's reader trusts the
+            # section header, so a last signature section is read by its own size.
+            stale_signature_size = kind == SectionType.SIGNATURE and index == header.num_sections - 1
+            if section_header.size != declared_size and not stale_signature_size:
                 raise EifFormatError(
                     path,
                     f"section {index} holds {section_header.size} bytes but the header says {declared_size}",
                 )
+            declared_size = section_header.size
             if position + SECTION_HEADER_SIZE + declared_size > file_size:
                 raise EifFormatError(path, f"section {index} runs past the end of the file (truncated?)")
             measured: tuple[PcrHasher, ...]
@@ -337,7 +348,7 @@ def read_eif(path: Path | str) -> EifImage:
             remaining = declared_size
             while remaining:
                 block = _read_exact(stream, min(CHUNK, remaining), path, f"section {index}")
-                crc = crc32(block, crc)
+                section_crc = crc32(block, section_crc)
                 for hasher in measured:
                     hasher.update(block)
                 if keep:
@@ -345,7 +356,8 @@ def read_eif(path: Path | str) -> EifImage:
                 remaining -= len(block)
             if keep:
                 small[kind] = bytes(kept)
-            sections.append(Section(index, kind, section_header.flags, position, declared_size))
+            crc = crc32_combine(crc, section_crc, SECTION_HEADER_SIZE + declared_size)
+            sections.append(Section(index, kind, section_header.flags, position, declared_size, section_crc))
             position += SECTION_HEADER_SIZE + declared_size
         if position != file_size:
             raise EifFormatError(path, f"{file_size - position} unexpected bytes after the last section")
@@ -387,3 +399,55 @@ def _assemble(
         small.get(SectionType.CMDLINE, b""),
     )
 
+
+
+def sign_eif_file(path: Path | str, signer: Signer) -> Measurements:
+    """Sign an existing EIF in place, as nitro-cli 1.4's ``sign-eif`` does.
+
+    Like image-format 0.5's ``EifSigner::sign_image``: the signature section (over the file's
+    PCR0) is written after the last section, or replaces the existing one, which must then be
+    the last section (EifBuilder always writes it last); the header gains the section and a
+    new CRC. Unlike nitro-cli, an EIF whose CRC does not match is refused: signing it would
+    stamp a valid CRC on a corrupt file.
+
+    Returns:
+        The PCRs of the signed image (PCR0/1/2 unchanged, PCR8 of the signer's certificate).
+
+    Raises:
+        EifFileError: the file cannot be opened or written (E19).
+        EifFormatError: it is not a well-formed EIF, its CRC does not match, or its signature
+            section is not the last one (E35).
+    """
+    path = Path(path)
+    eif = read_eif(path)
+    if not eif.crc_ok:
+        raise EifFormatError(
+            path,
+            f"its CRC {eif.header.crc32:#010x} does not match the content ({eif.computed_crc:#010x}), "
+            "so it is corrupt or was modified; refusing to sign it",
+        )
+    signatures = [s for s in eif.sections if s.section_type == SectionType.SIGNATURE]
+    if signatures and (len(signatures) > 1 or signatures[0] is not eif.sections[-1]):
+        raise EifFormatError(path, "its signature section is not the last section; cannot re-sign it")
+    layout = _Layout()
+    for section in eif.sections:
+        if section.section_type == SectionType.SIGNATURE:
+            continue
+        layout.offsets.append(section.offset)
+        layout.sizes.append(section.size)
+        layout.crc = crc32_combine(layout.crc, section.crc, SECTION_HEADER_SIZE + section.size)
+        layout.length += SECTION_HEADER_SIZE + section.size
+    data = signer.signature_section(eif.measurements.pcr0)  # before touching the file
+    try:
+        with open(path, "r+b") as out:
+            if os.fstat(out.fileno()).st_size != eif.file_size:
+                raise EifFormatError(path, "the file changed while it was being signed")
+            out.seek(HEADER_SIZE + layout.length)
+            _write_section(out, layout, SectionType.SIGNATURE, data)
+            out.truncate()
+            out.flush()
+            os.fsync(out.fileno())  # the section is on disk before the header points at it
+            _write_header(out, layout, eif.header)
+    except OSError as error:
+        raise EifFileError(path, "Write", error.strerror or str(error)) from error
+    return replace(eif.measurements, pcr8=signer.pcr8)

@@ -15,16 +15,17 @@ from emulator.nitro_cli_errors import (
 )
 
 
-def test_table_is_dense_from_e00_to_e59_with_unique_names() -> None:
-    assert sorted(ERRORS_BY_CODE) == list(range(60))
-    assert len({row.name for row in ERRORS_BY_CODE.values()}) == 60
+def test_table_is_dense_from_e00_to_e60_with_unique_names() -> None:
+    assert sorted(ERRORS_BY_CODE) == list(range(61))
+    assert len({row.name for row in ERRORS_BY_CODE.values()}) == 61
 
 
 @pytest.mark.parametrize(
     ("code", "name"),
     [(0, "UnspecifiedError"), (19, "FileOperationFailure"), (35, "EifParsingError"),
      (36, "EnclaveBootFailure"), (44, "EnclaveConsoleConnectionFailure"),
-     (48, "EifBuildingError"), (50, "DockerImagePullError"), (59, "EIFSignatureCheckerError")],
+     (48, "EifBuildingError"), (50, "DockerImagePullError"), (59, "EIFSignatureCheckerError"),
+     (60, "EIFSigningError")],
 )
 def test_codes_follow_nitro_cli_enum_order(code: int, name: str) -> None:
     assert lookup(name).code == code
@@ -63,7 +64,7 @@ def test_explain_uses_nitro_cli_long_text() -> None:
     assert explain("e57").startswith("Hasher error.")
 
 
-@pytest.mark.parametrize("bad", ["E60", "X1", "", "E123", 99])
+@pytest.mark.parametrize("bad", ["E61", "X1", "", "E123", 99])
 def test_unknown_codes_are_rejected_as_invalid_argument(bad: object) -> None:
     with pytest.raises(UnknownErrorCode) as caught:
         lookup(bad)  # type: ignore[arg-type]

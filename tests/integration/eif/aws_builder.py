@@ -63,3 +63,21 @@ def build_eif(builder: Path, output: Path, *, kernel: Path, cmdline: Path, ramdi
     result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
     measurements: dict[str, str] = json.loads(result.stdout)
     return measurements
+
+
+def _run_json(command: list[str]) -> dict[str, object]:
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    if result.returncode != 0:
+        raise AssertionError(f"{command[1]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    described: dict[str, object] = json.loads(result.stdout)
+    return described
+
+
+def describe_eif(builder: Path, eif: Path) -> dict[str, object]:
+    """The crate's EifReader on ``eif``: {"Measurements", "CheckCRC", "IsSigned", "SignatureCheck"}."""
+    return _run_json([str(builder), "--describe", str(eif)])
+
+
+def sign_existing(builder: Path, eif: Path, cert: Path, key: Path) -> dict[str, object]:
+    """Sign ``eif`` in place with the crate's EifSigner::sign_image (nitro-cli 1.4's sign-eif); describe it."""
+    return _run_json([str(builder), "--sign-existing", str(eif), str(cert), str(key)])

@@ -25,7 +25,13 @@ import pytest
 
 from emulator.eif.cpio import CpioWriter
 from tests.conftest import _missing
-from tests.integration.eif.aws_builder import BuilderUnavailable, build_eif, ensure_builder
+from tests.integration.eif.aws_builder import (
+    BuilderUnavailable,
+    build_eif,
+    describe_eif,
+    ensure_builder,
+    sign_existing,
+)
 from tests.integration.runtime_helpers import minimum_memory, wait_for_output
 from tests.unit.eif.nitro_cli_ramdisks import LINUXKIT_MTIME, bootstrap_ramdisk, customer_ramdisk
 
@@ -242,3 +248,99 @@ def test_a_hostile_aws_built_eif_is_refused_and_leaves_nothing(
     assert not image_exists(docker_client, enclave_image_tag(read_eif(path)))
     assert [name for name in sorted(os.listdir(tempfile.gettempdir())) if name not in before
             and name.startswith("nitro-emu-rootfs-")] == []
+
+
+def _copy(source: Path, target: Path) -> Path:
+    target.write_bytes(source.read_bytes())
+    return target
+
+
+def test_our_sign_eif_of_an_aws_built_eif_verifies_under_the_crate(
+    aws_eifs: dict[str, Any], aws_builder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from emulator.cli.app import main
+    from tests.unit.eif.test_eif import make_signer
+
+    cert, key = make_signer(tmp_path)
+    path = _copy(aws_eifs["plain"][0], tmp_path / "signed.eif")
+    crate_unsigned = describe_eif(aws_builder, path)
+    assert main(["sign-eif", "--eif-path", str(path), "--signing-certificate", str(cert), "--private-key", str(key)]) == 0
+    ours = json.loads(capsys.readouterr().out)["Measurements"]
+    assert main(["pcr", "--signing-certificate", str(cert)]) == 0
+    pcr8 = json.loads(capsys.readouterr().out)["PCR8"]
+    crate = describe_eif(aws_builder, path)
+    assert crate["IsSigned"] is True and crate["CheckCRC"] is True and crate["SignatureCheck"] is True
+    assert crate["Measurements"] == ours and ours["PCR8"] == pcr8
+    assert isinstance(crate_unsigned["Measurements"], dict)
+    assert {k: ours[k] for k in ("PCR0", "PCR1", "PCR2")} == {
+        k: crate_unsigned["Measurements"][k] for k in ("PCR0", "PCR1", "PCR2")
+    }
+
+
+def test_the_crates_sign_eif_and_resign_read_back_under_ours(
+    aws_eifs: dict[str, Any], aws_builder: Path, tmp_path: Path,
+) -> None:
+    from emulator.eif.file import read_eif
+    from emulator.eif.signing import pem_to_der
+    from emulator.eif.measurements import pcr_of
+    from tests.unit.eif.test_eif import make_signer
+
+    path = _copy(aws_eifs["plain"][0], tmp_path / "crate-signed.eif")
+    for name in ("first", "second-signer-with-a-longer-name"):  # the second replaces the first
+        cert, key = make_signer(tmp_path, name=name)
+        crate = sign_existing(aws_builder, path, cert, key)
+        assert crate["SignatureCheck"] is True and crate["CheckCRC"] is True
+        eif = read_eif(path)  # after re-signing, the crate leaves the header's signature size stale
+        assert eif.crc_ok and eif.signature_ok is True
+        assert eif.measurements.to_nitro_cli_json() == crate["Measurements"]
+        assert eif.measurements.pcr8 == pcr_of(pem_to_der(cert.read_bytes()))
+
+
+def test_a_signed_aws_built_eif_attests_its_pcr8(
+    aws_eifs: dict[str, Any], nitro_home: Path, run_test_enclave: Any, tmp_path: Path,
+) -> None:
+    from ca import TestCA
+    from emulator.eif.file import sign_eif_file
+    from emulator.eif.signing import EifSigner
+    from fake_nsm.verifier import verify_attestation_document
+    from tests.unit.eif.test_eif import make_signer
+
+    cert, key = make_signer(tmp_path)
+    path = _copy(aws_eifs["plain"][0], tmp_path / "signed.eif")
+    measurements = sign_eif_file(path, EifSigner.from_files(cert, key))
+    assert measurements.pcr8 is not None
+    with run_test_enclave(path, memory_mib=minimum_memory(path), cpu_count=2) as info:
+        probe = _probe(info.enclave_id)
+    root = TestCA.load_or_create(nitro_home / "ca").root_certificate
+    document = verify_attestation_document(
+        base64.b64decode(probe["doc"]), trusted_roots=[root], nonce=b"cli-nonce", allow_debug=False,
+    )
+    assert {i: document.pcrs[i] for i in (0, 1, 2, 8)} == measurements.pcrs()
+
+
+def test_build_enclave_format_nitro_cli_runs_like_nitro_cli_and_the_crate_agrees(
+    build_app_image: Any, build_app_eif: Any, docker_client: Any, aws_builder: Path, nitro_home: Path,
+    run_test_enclave: Any, tmp_path: Path,
+) -> None:
+    from ca import TestCA
+    from emulator.eif.file import read_eif
+    from emulator.eif.nitro_cli_layout import LAYOUT_NITRO_CLI, ramdisk_layout
+    from fake_nsm.verifier import verify_attestation_document
+
+    image = build_app_image({"/app/probe.py": PROBE}, cmd=["python3", "/app/probe.py", "two words", ""])
+    path, measurements = build_app_eif(image, tmp_path, name="nitro-cli-format", ramdisk_format="nitro-cli")
+    eif = read_eif(path)
+    assert ramdisk_layout(eif) == LAYOUT_NITRO_CLI and eif.measurements == measurements
+    crate = describe_eif(aws_builder, path)
+    assert crate["CheckCRC"] is True and crate["Measurements"] == measurements.to_nitro_cli_json()
+    with run_test_enclave(path, memory_mib=minimum_memory(path), cpu_count=2) as info:
+        probe = _probe(info.enclave_id)
+    assert probe["argv"] == ["/app/probe.py", "two words", ""] and probe["cwd"] == "/"
+    image_env = docker_client.images.get(image).attrs["Config"]["Env"]
+    own = ("NITRO_EMU_", "LD_PRELOAD")
+    assert sorted(f"{k}={v}" for k, v in probe["env"].items() if not k.startswith(own)) == sorted(image_env)
+    root = TestCA.load_or_create(nitro_home / "ca").root_certificate
+    document = verify_attestation_document(
+        base64.b64decode(probe["doc"]), trusted_roots=[root], nonce=b"cli-nonce", allow_debug=False,
+    )
+    assert {i: document.pcrs[i] for i in (0, 1, 2)} == measurements.pcrs()

@@ -1,16 +1,52 @@
 //! aws-eif-builder KERNEL CMDLINE_FILE OUTPUT RAMDISK... [--sign CERT_PEM KEY_PEM]
+//! aws-eif-builder --sign-existing EIF CERT_PEM KEY_PEM
+//! aws-eif-builder --describe EIF
 //!
 //! Builds an EIF with aws-nitro-enclaves-image-format's EifBuilder, the way nitro-cli's
 //! enclave_build does (x86_64 flags, Sha384), and prints the crate's own PCRs (get_pcrs) as
 //! pretty JSON on stdout. The metadata is fixed so that the output is reproducible.
+//! `--sign-existing` signs an EIF in place with the crate's EifSigner::sign_image (what
+//! nitro-cli 1.4's sign-eif calls); `--describe` reads one with the crate's EifReader and prints
+//! {"Measurements", "CheckCRC", "IsSigned", "SignatureCheck"} as nitro-cli's describe-eif
+//! computes them.
 use aws_nitro_enclaves_image_format::defs::{EifBuildInfo, EifIdentityInfo};
-use aws_nitro_enclaves_image_format::utils::{get_pcrs, EifBuilder, SignKeyData};
+use aws_nitro_enclaves_image_format::utils::eif_reader::EifReader;
+use aws_nitro_enclaves_image_format::utils::{get_pcrs, EifBuilder, EifSigner, SignKeyData};
 use sha2::{Digest, Sha384};
 use std::fs::{self, OpenOptions};
 use std::path::Path;
 
+fn describe(eif: &str) {
+    let mut reader = EifReader::from_eif(eif.to_string()).expect("the crate cannot read the EIF");
+    let measurements = reader.get_measurements().expect("cannot compute the PCRs");
+    let signed = reader.signature_section.is_some();
+    if signed {
+        reader
+            .get_certificate_info(measurements.clone())
+            .expect("cannot check the signature");
+    }
+    let described = serde_json::json!({
+        "Measurements": measurements,
+        "CheckCRC": reader.check_crc(),
+        "IsSigned": signed,
+        "SignatureCheck": reader.sign_check,
+    });
+    println!("{}", serde_json::to_string_pretty(&described).unwrap());
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() == 2 && args[0] == "--describe" {
+        describe(&args[1]);
+        return;
+    }
+    if args.len() == 4 && args[0] == "--sign-existing" {
+        let key_data = SignKeyData::new(&args[3], Path::new(&args[2])).expect("bad signing key data");
+        let signer = EifSigner::new(Some(key_data)).expect("no signer");
+        signer.sign_image(&args[1]).expect("the crate cannot sign the EIF");
+        describe(&args[1]);
+        return;
+    }
     let mut sign_info = None;
     if let Some(at) = args.iter().position(|a| a == "--sign") {
         let cert = args[at + 1].clone();

@@ -60,23 +60,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     describe.set_defaults(handler=describe_enclaves_command)
 
     terminate = subparsers.add_parser("terminate-enclave", help="terminate enclaves")
-    which = terminate.add_mutually_exclusive_group(required=True)
-    which.add_argument("--enclave-id")
-    which.add_argument("--enclave-name")
+    which = add_enclave_target(terminate)
     which.add_argument("--all", action="store_true", help="terminate every enclave of this home")
     terminate.set_defaults(handler=terminate_enclave_command)
 
     console = subparsers.add_parser("console", help="stream a debug-mode enclave's output")
-    target = console.add_mutually_exclusive_group(required=True)
-    target.add_argument("--enclave-id")
-    target.add_argument("--enclave-name")
+    add_enclave_target(console)
     console.add_argument("--disconnect-timeout", metavar="SECONDS", help="disconnect after this many seconds")
     console.set_defaults(handler=console_command)
 
     clock = subparsers.add_parser("clock", help="nitro-emu: show or set a running enclave's clock offset")
-    which = clock.add_mutually_exclusive_group(required=True)
-    which.add_argument("--enclave-id")
-    which.add_argument("--enclave-name")
+    add_enclave_target(clock)
     clock.add_argument("--offset", type=float, metavar="SECONDS",
                        help="set it: seconds ahead of the host (negative: behind); 0 is the host's time")
     clock.set_defaults(handler=clock_command)
@@ -84,6 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     explain = subparsers.add_parser("explain", help="explain a nitro-cli error code")
     explain.add_argument("--error-code", required=True, metavar="Exx")
     explain.set_defaults(handler=explain_command)
+
+
+def add_enclave_target(parser: argparse.ArgumentParser) -> Any:
+    """``--enclave-id`` | ``--enclave-name``, one required (nitro-cli's console/terminate);
+    the group is returned for more choices (terminate's ``--all``)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--enclave-id", help="the enclave's id (describe-enclaves)")
+    group.add_argument("--enclave-name", help="the enclave's name")
+    return group
 
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:

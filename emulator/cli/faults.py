@@ -13,6 +13,7 @@ import argparse
 import json
 from typing import Any
 
+from emulator.cli.enclaves import add_enclave_target
 from emulator.settings import get_settings
 from fake_nsm.faults import FaultControl
 
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     commands = parser.add_subparsers(dest="fault_command", metavar="COMMAND")
     commands.required = True
     nsm = commands.add_parser("nsm", help="make a running enclave's NSM misbehave")
-    _target_enclave(nsm)
+    add_enclave_target(nsm)
     nsm.add_argument("--request", default="all", help="Attestation, DescribePCR, ExtendPCR, ... or all (default)")
     _action(nsm, "an NSM ErrorCode, e.g. InternalError")
     nsm.set_defaults(handler=_arm_nsm)
@@ -34,18 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     kms.set_defaults(handler=_arm_kms)
     for name, handler, words in (("show", _show, "list"), ("clear", _clear, "disarm")):
         command = commands.add_parser(name, help=f"{words} the armed faults of an enclave's NSM or of the KMS")
-        group = _target_enclave(command)
+        group = add_enclave_target(command)
         group.add_argument("--kms", action="store_true", help="the local KMS of this state dir")
         if name == "clear":
             command.add_argument("--request", help="only the faults naming this request or operation")
         command.set_defaults(handler=handler)
-
-
-def _target_enclave(parser: argparse.ArgumentParser) -> Any:
-    group = parser.add_mutually_exclusive_group(required=True)  # show/clear add --kms to it
-    group.add_argument("--enclave-id", help="the enclave's id (describe-enclaves)")
-    group.add_argument("--enclave-name", help="the enclave's name")
-    return group
 
 
 def _action(parser: argparse.ArgumentParser, codes: str) -> None:

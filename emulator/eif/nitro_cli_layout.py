@@ -37,6 +37,7 @@ import requests.exceptions
 from emulator.eif.cpio import CRC_MAGIC, NEWC_MAGIC, CpioEntry, CpioFormatError, CpioLimits, CpioReader
 from emulator.eif.file import EifImage
 from emulator.eif.format import EifFormatError
+from emulator.engine.image_load import load_layer_image
 from emulator.errors import NitroCliError
 
 logger = logging.getLogger(__name__)
@@ -340,17 +341,14 @@ def load_nitro_cli_image(
         )
         for note in image.notes:
             logger.warning("%s: %s", eif.path, note)
-        spool.seek(0)
         entrypoint = [ENCLAVE_INIT, *init_arguments(image)]
-        changes = [
-            f"ENTRYPOINT {_json_list(entrypoint)}",
-            "WORKDIR /",
-            "LABEL " + " ".join(f"{key}={value}" for key, value in {**labels, LABEL_LAYOUT: LAYOUT_NITRO_CLI}.items()),
-        ]
-        repository, _, version = tag.partition(":")
         try:
-            docker_client.api.import_image_from_data(
-                _chunks(spool), repository=repository, tag=version, changes=changes,
+            # `docker load` of the tar as an image's only layer: several times faster than
+            # `docker import` of it (bench/runtime.py, nitro-cli layout)
+            load_layer_image(
+                docker_client, spool, tag, entrypoint=entrypoint,
+                labels={**labels, LABEL_LAYOUT: LAYOUT_NITRO_CLI},
+                created_by="nitro-emu: the customer ramdisk of a nitro-cli EIF",
             )
             docker_client.images.get(tag)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as failure:
@@ -359,12 +357,3 @@ def load_nitro_cli_image(
                 "check that the Docker engine is running and has disk space"
             ) from failure
     return image
-
-
-def _json_list(items: list[str]) -> str:
-    return "[" + ",".join(f'"{item}"' for item in items) + "]"  # hex, digits, '-', '=' and a path
-
-
-def _chunks(spool: BinaryIO) -> Iterator[bytes]:
-    while chunk := spool.read(_COPY):
-        yield chunk

@@ -65,6 +65,8 @@ from emulator.enclave.console import exit_reason, pop_exit_notices, stream_conso
 if TYPE_CHECKING:
     import docker
 
+    from emulator.transport.selection import Choice
+
 __all__ = [
     "EnclaveInfo",
     "describe_enclaves",
@@ -240,12 +242,12 @@ def _prepare_transport(settings: Settings, info: EnclaveInfo, client: docker.Doc
         raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
 
 
-def _transport_for(settings: Settings, client: docker.DockerClient) -> str:
+def _transport_for(settings: Settings, client: docker.DockerClient) -> Choice:
     """The transport of the next enclave (``NITRO_EMU_TRANSPORT``; a bad choice is E36)."""
     from emulator.transport.selection import choose
 
     try:
-        return choose(settings, client).name
+        return choose(settings, client)
     except EmulatorError as error:
         raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
 
@@ -324,7 +326,8 @@ def run_enclave(
             instance_id=instance, started_at_ms=started, image_name=summary.image_name,
             image_version=summary.image_version, metadata=summary.metadata,
             image_tag=summary.image_tag, host_cpus=host_cpuset(cpus),
-            extra={"eif_layout": summary.layout, "transport": transport},
+            extra={"eif_layout": summary.layout, "transport": transport.name,
+                   "transport_reason": transport.reason},
         )
         write_record(settings, info)
         if offset:
@@ -388,7 +391,10 @@ def describe_enclaves(*, client: docker.DockerClient | None = None) -> list[Encl
     """The enclaves of this home that have booted (RUNNING or TERMINATING), oldest first."""
     settings = get_settings()
     reap(settings, _client_or_none(client))
-    return [r for r in list_records(settings) if r.state != STATE_EMPTY and supervisor_alive(r)]
+    # An enclave whose exit log is written has ended, though its supervisor may still be
+    # removing its containers: nitro-cli lists it no more.
+    return [r for r in list_records(settings)
+            if r.state != STATE_EMPTY and supervisor_alive(r) and not log_path(settings, r.enclave_id).exists()]
 
 
 def _client_or_none(client: docker.DockerClient | None) -> docker.DockerClient | None:

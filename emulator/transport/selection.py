@@ -5,8 +5,8 @@ directory that nitro-emu made on the host bind-mounted, reads a nonce from a fil
 sends it back through a Unix socket listening there. Docker Desktop, Colima, remote and most
 rootless engines fail one of the two (the path is not there, or sockets do not cross the
 file-sharing layer), so they get ``engine``, without guessing from names. The answer is kept
-in ``$NITRO_EMU_HOME/transport.json`` per engine (its ID and ``DOCKER_HOST``); delete the file
-to probe again.
+in ``~/.cache/nitro-emu/transport/`` per engine (its ID, ``DOCKER_HOST`` and this process's
+mount namespace); delete the directory to probe again.
 
 ``host`` where the probe fails is refused with the reason, at once, rather than an enclave
 whose NSM never answers.
@@ -15,6 +15,7 @@ whose NSM never answers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -35,9 +36,8 @@ if TYPE_CHECKING:
 
 ENV_TRANSPORT = "NITRO_EMU_TRANSPORT"
 CHOICES = ("auto", "host", "engine")
-PROBE_FILE = "transport.json"
 _PROBE_TIMEOUT_S = 30.0
-_memo: dict[tuple[str, str, str], tuple[bool, str]] = {}
+_memo: dict[str, tuple[bool, str]] = {}
 _memo_lock = threading.Lock()
 
 
@@ -93,32 +93,56 @@ def choose(settings: Settings, client: docker.DockerClient) -> Choice:
     return Choice("host", why) if sees else Choice("engine", why)
 
 
-def _engine_key(client: docker.DockerClient) -> tuple[str, str]:
+def _cache_key(client: docker.DockerClient) -> str:
+    """Which engine, reached how, from which mount namespace: what the answer depends on."""
     engine_id = str(client.info().get("ID") or "")
-    return engine_id, os.environ.get("DOCKER_HOST", "")
+    try:
+        namespace = os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        namespace = ""
+    text = "\0".join((engine_id, os.environ.get("DOCKER_HOST", ""), namespace))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def probe_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/nitro-emu/transport`` (``~/.cache/...``): one answer per engine."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nitro-emu" / "transport"
 
 
 def host_paths_visible(settings: Settings, client: docker.DockerClient) -> tuple[bool, str]:
     """Whether this engine's containers see the host's files and Unix sockets, and why."""
-    engine_id, docker_host = _engine_key(client)
-    memo_key = (str(settings.home), engine_id, docker_host)
-    cache = settings.home / PROBE_FILE
+    key = _cache_key(client)
+    cache = probe_cache_dir() / f"{key}.json"
     with _memo_lock:
-        if memo_key in _memo:
-            return _memo[memo_key]
+        if key in _memo:
+            return _memo[key]
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             saved = json.loads(cache.read_text())
-            if (saved["engine_id"], saved["docker_host"]) == (engine_id, docker_host):
-                _memo[memo_key] = (bool(saved["host_paths"]), str(saved["why"]))
-                return _memo[memo_key]
+            _memo[key] = (bool(saved["host_paths"]), str(saved["why"]))
+            return _memo[key]
         result = _probe(settings, client)
-        settings.ensure_home()
-        temporary = cache.with_name(PROBE_FILE + ".tmp")
-        temporary.write_text(json.dumps({"engine_id": engine_id, "docker_host": docker_host,
-                                         "host_paths": result[0], "why": result[1]}) + "\n")
-        os.replace(temporary, cache)
-        _memo[memo_key] = result
+        with contextlib.suppress(OSError):  # no cache: probe again next time
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cache.with_name(f"{key}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({"host_paths": result[0], "why": result[1]}) + "\n")
+            os.replace(temporary, cache)
+        _memo[key] = result
         return result
+
+
+def announced(client: docker.DockerClient | None) -> str:
+    """The transport enclaves get, as far as is known without probing (the pytest header)."""
+    wanted = requested()
+    if wanted != "auto":
+        return f"{wanted} ({ENV_TRANSPORT}={wanted})"
+    if client is None:
+        return "auto (no Docker engine answers)"
+    try:
+        saved = json.loads((probe_cache_dir() / f"{_cache_key(client)}.json").read_text())
+        return f"{'host' if saved['host_paths'] else 'engine'} (auto: {saved['why']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "auto (this engine is probed when the first enclave starts)"
 
 
 def _probe(settings: Settings, client: docker.DockerClient) -> tuple[bool, str]:

@@ -106,3 +106,5 @@ def test_suites_pass_on_the_engine_transport_chosen_by_auto(laptop: Path) -> Non
     tail = "\n".join((result.stdout + result.stderr).splitlines()[-60:])
     assert result.returncode == 0, f"the suites failed on the engine transport:\n{tail}"
     assert "laptop transport: engine (" in result.stdout, tail  # auto chose it, from the probe
+    summary = [line for line in result.stdout.splitlines() if " passed" in line and " in " in line]
+    print(summary[-1] if summary else tail)

@@ -101,7 +101,7 @@ def create_volume(client: docker.DockerClient, enclave_id: str, labels: Mapping[
 
 
 def files_archive(files: Mapping[str, str]) -> bytes:
-    """A tar of host directories, each under its path relative to the volume's root.
+    """A tar of host directories (or files), each under its path relative to the volume's root.
 
     ``files`` maps a host directory to its place in the volume (``lib``); everything is owned
     by the companion's user and read-only to the enclave, as the host transport's
@@ -110,8 +110,9 @@ def files_archive(files: Mapping[str, str]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for host_dir, inside in sorted(files.items(), key=lambda item: item[1]):
-            for path in [Path(host_dir), *sorted(Path(host_dir).rglob("*"))]:
-                arcname = inside if path == Path(host_dir) else f"{inside}/{path.relative_to(host_dir)}"
+            top = Path(host_dir)
+            for path in [top, *(sorted(top.rglob("*")) if top.is_dir() else [])]:
+                arcname = inside if path == top else f"{inside}/{path.relative_to(top)}"
                 member = archive.gettarinfo(str(path), arcname=arcname)
                 member.uid = member.gid = relay.COMPANION_UID
                 member.uname = member.gname = ""

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 
 
 
+#: Host paths an extension may mount that exist on the engine's machine too (a device node).
+ENGINE_DEVICES = frozenset({"/dev/null"})
+
+
 class EngineTransportError(EmulatorError):
     """Something under ``/run/nitro-emu`` cannot be carried into the engine."""
 
@@ -116,16 +120,21 @@ class EngineTransport(Transport):
 
     def mounts(self, settings: Settings, enclave: EnclaveInfo, run_dir: Path,
                extra_mounts: Mapping[str, tuple[str, bool]]) -> dict[str, dict[str, str]]:
-        for inside, _read_only in extra_mounts.values():
-            _relative(inside)  # refused now, before anything is made
-        return {volume_name(enclave.enclave_id): {"bind": ENCLAVE_RUN_DIR, "mode": "rw"}}
+        volumes = {volume_name(enclave.enclave_id): {"bind": ENCLAVE_RUN_DIR, "mode": "rw"}}
+        for host, (inside, read_only) in extra_mounts.items():
+            if host in ENGINE_DEVICES:  # there on every engine's machine: mounted as is
+                volumes[host] = {"bind": inside, "mode": "ro" if read_only else "rw"}
+            else:
+                _relative(inside)  # refused now, before anything is made
+        return volumes
 
     def populate(self, container: Any, extra_mounts: Mapping[str, tuple[str, bool]]) -> None:
         import docker.errors
 
-        if not extra_mounts:
+        files = {host: _relative(inside) for host, (inside, _read_only) in extra_mounts.items()
+                 if host not in ENGINE_DEVICES}
+        if not files:
             return
-        files = {host: _relative(inside) for host, (inside, _read_only) in extra_mounts.items()}
         try:
             container.put_archive(ENCLAVE_RUN_DIR, files_archive(files))
         except docker.errors.APIError as error:

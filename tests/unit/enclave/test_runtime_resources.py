@@ -277,6 +277,38 @@ def test_a_supervisor_that_never_answers_is_e05_and_is_killed(
     assert process_start_ticks(pid) is None, f"the silent supervisor {pid} was left running"
 
 
+def test_the_double_fork_names_its_child_before_the_child_speaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CHILD`` precedes ``PID`` however late the intermediate process writes it (issue 16:
+    under a start storm the supervisor's ``PID`` came first and ``CHILD`` was read as its
+    boot answer, E36)."""
+    import time
+
+    from emulator.enclave import supervisor
+
+    write_line = supervisor._write_line
+
+    def late_child_line(fd: int | None, line: str) -> None:
+        if line.startswith("CHILD "):
+            time.sleep(0.3)  # the intermediate process descheduled, as on 2 busy cores
+        write_line(fd, line)
+
+    monkeypatch.setattr(supervisor, "_write_line", late_child_line)
+    read_fd, write_fd = os.pipe()
+    intermediate = os.fork()
+    if intermediate == 0:  # pragma: no cover - the child never returns into pytest
+        try:
+            supervisor._fork_detached(write_fd)  # the intermediate exits in there
+            write_line(write_fd, f"PID {os.getpid()}")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(intermediate, 0)
+    with os.fdopen(read_fd) as pipe:
+        lines = pipe.read().splitlines()  # EOF: the grandchild has exited too
+    assert [line.split()[0] for line in lines] == ["CHILD", "PID"]
+    assert lines[0].split()[1] == lines[1].split()[1]
+
+
 def test_the_home_ca_names_the_home_instance_whoever_creates_it_first(tmp_path: Path) -> None:
     """PCR4 (from the instance id) and the instance certificate's CN must name one instance."""
     settings = Settings(home=tmp_path / "home")

@@ -330,6 +330,8 @@ def run_enclave(
         _, code, message = line.split(" ", 2)
         raise nitro_cli_error(int(code), detail=message)
     why = _tail(log_path(settings, enclave_id), 3) or "the supervisor died"
+    if line is not None:  # neither READY nor ERROR: name what came instead
+        why = f"the supervisor said {line!r}; {why}"
     raise nitro_cli_error("EnclaveBootFailure", detail=f"No ready signal within {boot_timeout:.0f} s: {why}")
 
 

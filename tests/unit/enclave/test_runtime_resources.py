@@ -95,6 +95,51 @@ def test_a_malformed_pool_is_a_cpu_error(monkeypatch: pytest.MonkeyPatch) -> Non
     assert code_of(res.cpu_pool) == 24
 
 
+def test_the_default_pool_is_31_cpus_and_e22_names_both_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 32nd one-CPU enclave of a home gets E22 saying how the pool is made and changed."""
+    monkeypatch.delenv(res.ENV_CPU_POOL, raising=False)
+    monkeypatch.delenv(res.ENV_CPU_COUNT, raising=False)
+    assert res.cpu_pool() == tuple(range(1, 32))
+    with pytest.raises(NitroCliError) as caught:
+        res.allocate_cpus(1, None, in_use=range(1, 32))
+    message = caught.value.message
+    assert caught.value.code == 22 and message.startswith("Insufficient CPUs available in the pool.")
+    assert "0 of the pool's 31 CPUs are free, 31 held by running enclaves" in message
+    assert "the default 31 CPUs, 1-31" in message
+    assert "$NITRO_EMU_CPU_COUNT=N (allocator.yaml's cpu_count)" in message
+    assert "$NITRO_EMU_CPU_POOL=LIST (its cpu_pool)" in message
+
+
+def test_cpu_count_sets_the_pool_size_as_allocator_yaml_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(res.ENV_CPU_POOL, raising=False)
+    monkeypatch.setenv(res.ENV_CPU_COUNT, "64")
+    assert res.cpu_pool() == tuple(range(1, 65))  # CPU 0 stays with the parent
+    assert res.allocate_cpus(1, None, in_use=range(1, 64)) == (64,)
+    with pytest.raises(NitroCliError) as caught:
+        res.allocate_cpus(1, None, in_use=range(1, 65))
+    assert caught.value.code == 22 and "$NITRO_EMU_CPU_COUNT=64: CPUs 1-64" in caught.value.message
+    for bad in ("0", "lots", "-3", "9000"):
+        monkeypatch.setenv(res.ENV_CPU_COUNT, bad)
+        assert code_of(res.cpu_pool) == 24
+
+
+def test_cpu_count_and_cpu_pool_conflict_and_cpu_0_is_the_parents(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(res.ENV_CPU_COUNT, "4")
+    monkeypatch.setenv(res.ENV_CPU_POOL, "1-4")
+    with pytest.raises(NitroCliError) as caught:
+        res.cpu_pool()
+    assert caught.value.code == 24 and "set only one" in caught.value.message
+    monkeypatch.delenv(res.ENV_CPU_COUNT)
+    monkeypatch.setenv(res.ENV_CPU_POOL, "0-3")
+    assert code_of(res.cpu_pool) == 24
+    monkeypatch.setenv(res.ENV_CPU_POOL, "1-99999")
+    assert code_of(res.cpu_pool) == 24
+    monkeypatch.setenv(res.ENV_CPU_POOL, "2,3,6-9")
+    with pytest.raises(NitroCliError) as caught:
+        res.allocate_cpus(None, [4], in_use=[])
+    assert caught.value.code == 21 and "$NITRO_EMU_CPU_POOL=2,3,6-9" in caught.value.message
+
+
 def test_host_cpuset_gives_as_many_cpus_as_the_host_allows() -> None:
     assert res.host_cpuset([1, 3], host_cpus=4) == (1, 3)
     assert res.host_cpuset([2, 4], host_cpus=2) == (0, 1)  # collisions filled with other CPUs

@@ -10,7 +10,9 @@ that is ``~/.local/share/nitro-emu``)::
     run/parent/             the parent's VSOCK listeners, <port> each; mounted read-only
                             at /run/nitro-emu/parent in every enclave
     logs/                   one log per finished enclave: its last output and why it ended
-    cache/                  build caches (the LD_PRELOAD shim, by source hash)
+    cache/                  build caches (the LD_PRELOAD shim and init by source hash, EIF
+                            summaries by path and stat); ``$NITRO_EMU_CACHE_DIR`` puts them
+                            elsewhere, e.g. one dir shared by a session's xdist workers
 
 Socket paths stay short (``run/16/vsock/5000``) because ``sun_path`` holds 107 bytes.
 """
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV_HOME = "NITRO_EMU_HOME"
+ENV_CACHE = "NITRO_EMU_CACHE_DIR"
 
 
 def _default_home() -> Path:
@@ -36,11 +39,17 @@ class Settings:
     """Paths of one nitro-emu state directory. Nothing is created until asked."""
 
     home: Path
+    #: Where the build caches live; None: ``<home>/cache``.
+    cache: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
         raw = os.environ.get(ENV_HOME)
-        return cls(home=Path(raw).expanduser().absolute() if raw else _default_home())
+        cache = os.environ.get(ENV_CACHE)
+        return cls(
+            home=Path(raw).expanduser().absolute() if raw else _default_home(),
+            cache=Path(cache).expanduser().absolute() if cache else None,
+        )
 
     @property
     def ca_dir(self) -> Path:
@@ -72,7 +81,8 @@ class Settings:
 
     @property
     def cache_dir(self) -> Path:
-        return self.home / "cache"
+        """Content-addressed build caches, safe to share between state dirs."""
+        return self.cache if self.cache is not None else self.home / "cache"
 
     def ensure_home(self) -> Path:
         """Create the state directory (0700) if needed and return it."""

@@ -10,6 +10,7 @@ be set back by a user) makes a new key, so a modified EIF is read and checked ag
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -91,6 +92,28 @@ def summarize_eif(settings: Settings, client: docker.DockerClient, eif_path: Pat
     if not path.is_file():
         raise nitro_cli_error("FileOperationFailure", str(path), "Open", detail="--eif-path is not a file.")
     cache_file = settings.cache_dir / "eif" / f"{_key(path, stat)}.json"
+    summary = _cached(client, cache_file)
+    if summary is not None:
+        return summary
+    cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # One verifier per EIF at a time: the parallel first starts of one EIF (xdist workers
+    # sharing a cache, threads) wait for its summary instead of each hashing the whole file.
+    with open(cache_file.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        summary = _cached(client, cache_file)
+        if summary is not None:
+            return summary
+        summary = _verify_and_load(client, path, stat.st_size)
+        temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        record = asdict(summary)
+        record["path"] = str(summary.path)
+        temporary.write_text(json.dumps(record, sort_keys=True))
+        temporary.replace(cache_file)
+    return summary
+
+
+def _cached(client: docker.DockerClient, cache_file: Path) -> EifSummary | None:
+    """The summary in ``cache_file`` if it is readable and its image is still in the engine."""
     from emulator.engine.client import image_exists
 
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
@@ -98,14 +121,7 @@ def summarize_eif(settings: Settings, client: docker.DockerClient, eif_path: Pat
         summary = EifSummary(**{**data, "path": Path(data["path"])})
         if image_exists(client, summary.image_tag):
             return summary
-    summary = _verify_and_load(client, path, stat.st_size)
-    cache_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    record = asdict(summary)
-    record["path"] = str(summary.path)
-    temporary.write_text(json.dumps(record, sort_keys=True))
-    temporary.replace(cache_file)
-    return summary
+    return None
 
 
 def _verify_and_load(client: docker.DockerClient, path: Path, size: int) -> EifSummary:

@@ -5,10 +5,15 @@ Each check raises the :class:`~emulator.errors.NitroCliError` nitro-cli raises f
 ``src/enclave_proc/cpu_info.rs``, ``src/enclave_proc/resource_manager.rs``, ``src/lib.rs``
 ``new_enclave_name``), with one line saying what to do.
 
-The emulated CPU pool plays ``/sys/module/nitro_enclaves/parameters/ne_cpus``: by default
-CPUs ``1-31`` (CPU 0 stays with the parent, as on Nitro), or ``$NITRO_EMU_CPU_POOL``
-(``"1-3,6"``). Pool CPUs are virtual: the container is pinned to host CPUs
-(:func:`host_cpuset`), so ``nproc`` inside equals the CPU count up to the host's core count.
+The emulated CPU pool plays ``/sys/module/nitro_enclaves/parameters/ne_cpus``, which
+nitro-enclaves-allocator fills from ``/etc/nitro_enclaves/allocator.yaml`` (aws-nitro-enclaves-cli
+``bootstrap/nitro-enclaves-allocator``): either ``cpu_count: N`` or ``cpu_pool: 2,3,6-9``, never
+both, and never CPU 0 (it stays with the parent). Here the same two knobs are
+``$NITRO_EMU_CPU_COUNT`` (CPUs ``1..N``) and ``$NITRO_EMU_CPU_POOL`` (a list); by default the
+pool is 31 CPUs, ``1-31`` (a 32-vCPU parent; AWS's allocator.yaml reserves 2). The pool is per
+state dir: each ``NITRO_EMU_HOME`` (each pytest-xdist worker) has all of it. Pool CPUs are
+virtual: the container is pinned to host CPUs (:func:`host_cpuset`), so ``nproc`` inside
+equals the CPU count up to the host's core count.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ if TYPE_CHECKING:
     from ca import TestCA
 
 ENV_CPU_POOL = "NITRO_EMU_CPU_POOL"
-DEFAULT_CPU_POOL = "1-31"
+ENV_CPU_COUNT = "NITRO_EMU_CPU_COUNT"
+#: The pool without either knob: CPUs 1-31, as on a 32-vCPU parent that gives all but CPU 0.
+DEFAULT_CPU_COUNT = 31
+#: The highest CPU id a pool may name (the kernel's largest NR_CPUS, CONFIG_NR_CPUS_RANGE_END).
+MAX_CPU_ID = 8191
 
 #: nitro-cli refuses memory below 4x the EIF size (ENCLAVE_MEMORY_EIF_SIZE_RATIO).
 EIF_SIZE_RATIO = 4
@@ -83,18 +92,51 @@ def check_memory(memory_mib: int, eif_size: int) -> None:
 
 
 def cpu_pool() -> tuple[int, ...]:
-    """The emulated enclave CPU pool (``$NITRO_EMU_CPU_POOL`` or ``1-31``)."""
-    text = os.environ.get(ENV_CPU_POOL, DEFAULT_CPU_POOL)
+    """The emulated enclave CPU pool: ``$NITRO_EMU_CPU_COUNT`` or ``$NITRO_EMU_CPU_POOL`` (E24)."""
+    count_text = os.environ.get(ENV_CPU_COUNT, "").strip()
+    pool_text = os.environ.get(ENV_CPU_POOL, "").strip()
+    if count_text and pool_text:
+        raise nitro_cli_error(
+            "CpuError",
+            detail=(f"${ENV_CPU_COUNT} and ${ENV_CPU_POOL} are both set; set only one (as allocator.yaml's "
+                    "`cpu_count` conflicts with `cpu_pool`)."),
+        )
+    if not pool_text:
+        if not count_text:
+            return tuple(range(1, DEFAULT_CPU_COUNT + 1))
+        if not count_text.isdecimal() or not 1 <= int(count_text) <= MAX_CPU_ID:
+            raise nitro_cli_error(
+                "CpuError", detail=f"${ENV_CPU_COUNT}={count_text!r} is not a CPU count from 1 to {MAX_CPU_ID}.",
+            )
+        return tuple(range(1, int(count_text) + 1))
     ids: list[int] = []
-    for interval in text.split(","):
+    for interval in pool_text.split(","):
         bounds = [part.strip() for part in interval.split("-")]
         if not all(part.isdecimal() for part in bounds) or len(bounds) not in (1, 2):
             raise nitro_cli_error(
-                "CpuError", detail=f"${ENV_CPU_POOL}={text!r} is not a CPU list like '1-7,9'.",
+                "CpuError", detail=f"${ENV_CPU_POOL}={pool_text!r} is not a CPU list like '1-7,9'.",
             )
         low, high = int(bounds[0]), int(bounds[-1])
-        ids.extend(range(low, high + 1))
+        ids.extend(range(low, min(high, MAX_CPU_ID) + 1))
+        if high > MAX_CPU_ID:
+            raise nitro_cli_error("CpuError", detail=f"${ENV_CPU_POOL} names CPU {high}; the highest is {MAX_CPU_ID}.")
+    if 0 in ids:
+        raise nitro_cli_error(
+            "CpuError", detail=f"${ENV_CPU_POOL}={pool_text!r} holds CPU 0, which stays with the parent instance.",
+        )
     return tuple(sorted(set(ids)))
+
+
+def pool_hint(pool: Sequence[int]) -> str:
+    """Which knob made the pool, and how to change it (for E21 and E22)."""
+    if os.environ.get(ENV_CPU_POOL, "").strip():
+        source = f"${ENV_CPU_POOL}={os.environ[ENV_CPU_POOL].strip()}"
+    elif os.environ.get(ENV_CPU_COUNT, "").strip():
+        source = f"${ENV_CPU_COUNT}={len(pool)}: CPUs {_ranges(list(pool))}"
+    else:
+        source = f"the default {DEFAULT_CPU_COUNT} CPUs, {_ranges(list(pool))}"
+    return (f"the pool is {source}; set ${ENV_CPU_COUNT}=N (allocator.yaml's cpu_count) or "
+            f"${ENV_CPU_POOL}=LIST (its cpu_pool) to change it")
 
 
 def allocate_cpus(
@@ -110,7 +152,8 @@ def allocate_cpus(
             raise nitro_cli_error("MissingArgument", "cpu-count", detail="Give --cpu-count N or --cpu-ids.")
         raise nitro_cli_error("ConflictingArgument", "cpu-count", "cpu-ids")
     busy = set(in_use)
-    free = [cpu for cpu in cpu_pool() if cpu not in busy]
+    pool = cpu_pool()
+    free = [cpu for cpu in pool if cpu not in busy]
     if cpu_ids is not None:
         ids = list(cpu_ids)
         if not ids:
@@ -126,7 +169,7 @@ def allocate_cpus(
                 why = "is used by another enclave" if cpu in busy else "is not in the pool"
                 raise nitro_cli_error(
                     "NoSuchCpuAvailableInPool", "cpu-ids", str(cpu),
-                    detail=f"(CPU {cpu} {why}; free CPUs: {_ranges(free)}; pool: ${ENV_CPU_POOL}.)",
+                    detail=f"(CPU {cpu} {why}; free CPUs: {_ranges(free)}; {pool_hint(pool)}.)",
                 )
         return tuple(ids)
     assert cpu_count is not None
@@ -135,7 +178,8 @@ def allocate_cpus(
     if cpu_count > len(free):
         raise nitro_cli_error(
             "InsufficientCpus", "cpu-count", str(cpu_count),
-            detail=f"({len(free)} CPUs free in the pool; set ${ENV_CPU_POOL} to enlarge it.)",
+            detail=(f"({len(free)} of the pool's {len(pool)} CPUs are free, {len(pool) - len(free)} held by "
+                    f"running enclaves; {pool_hint(pool)}.)"),
         )
     return tuple(free[:cpu_count])
 

@@ -368,7 +368,9 @@ def run_enclave(
     if line and line.startswith("ERROR "):
         _, code, message = line.split(" ", 2)
         raise nitro_cli_error(int(code), detail=message)
-    if lines.eof:
+    if line is not None:  # neither READY nor ERROR: name what came instead
+        why = f"The enclave's supervisor said {line!r} instead of READY"
+    elif lines.eof:
         why = f"The enclave's supervisor (pid {pid}) ended without a word"
     else:
         why = f"No ready signal within {boot_timeout:.0f} s"

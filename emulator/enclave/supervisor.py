@@ -348,11 +348,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _fork_detached(ready_fd: int) -> None:
-    """The second fork of a double fork: the parent names its child on the pipe and exits."""
+    """The second fork of a double fork: the parent names its child on the pipe and exits.
+
+    The child waits for that exit before it goes on, so that ``CHILD`` is on the pipe before
+    the child's ``PID``: run-enclave reads them in that order, and under a start storm the
+    child used to win the race, its ``CHILD`` line then read as the boot's answer (E36).
+    """
+    gate_read, gate_write = os.pipe()
     child = os.fork()
     if child > 0:
+        os.close(gate_read)
         _write_line(ready_fd, f"CHILD {child}")
-        os._exit(0)
+        os._exit(0)  # closes gate_write: the child's read below returns
+    os.close(gate_write)
+    os.read(gate_read, 1)  # EOF once the parent has exited (nothing is ever written)
+    os.close(gate_read)
 
 
 def _detach(ready_fd: int) -> None:

@@ -22,6 +22,7 @@ Every enclave gets the cache directory mounted read-only at ``/run/nitro-emu/lib
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -151,6 +152,15 @@ def ensure_shim(settings: Settings | None = None, *, musl: bool | None = None) -
         )
     settings.ensure_home()
     root.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name("shim.lock"), "w") as lock:  # state dirs sharing a cache build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir():
+            return build
+        _build(compiler, musl_compiler if musl else None, root, final)
+    return build
+
+
+def _build(compiler: str, musl_compiler: str | None, root: Path, final: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
         try:
@@ -159,7 +169,7 @@ def ensure_shim(settings: Settings | None = None, *, musl: bool | None = None) -
             if "libdl.so.2" not in str(error):
                 raise
             _compile(compiler, _LIBC_FALLBACK_FLAGS, staging / LIBRARY_NAME)
-        if musl and musl_compiler is not None:
+        if musl_compiler is not None:
             _compile(musl_compiler, _MUSL_FLAGS, staging / MUSL_LIBRARY_NAME)
         staging.chmod(0o755)
         try:
@@ -169,7 +179,6 @@ def ensure_shim(settings: Settings | None = None, *, musl: bool | None = None) -
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return build
 
 
 def parent_environment(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -225,6 +226,7 @@ class EnclaveFactory:
         # Disjoint CID ranges per worker: gw0 -> 1016.., gw1 -> 2016.., main -> 16..
         self._next_cid = 16 + (1000 * (int(digits) + 1) if digits else 0)
         self._counter = 0
+        self._lock = threading.Lock()
         self._ca: Any | None = None
         self.running: dict[str, EnclaveHandle] = {}
 
@@ -262,15 +264,16 @@ class EnclaveFactory:
 
         spec = spec.checked()
         built = self.build(spec)
-        self._counter += 1
         label = _NAME_UNSAFE.sub("-", name or "enclave").strip("-")[:40] or "enclave"
-        enclave_name = f"{label}-{self.worker}-{self._counter}"
         self.ca  # noqa: B018 - create the CA before the supervisor looks for it
         with home_env(self.home):
             used = {info.cid for info in describe_enclaves()}
-            while self._next_cid in used:
-                self._next_cid += 1
-            cid, self._next_cid = self._next_cid, self._next_cid + 1
+            with self._lock:  # parallel starts (threads) get distinct names and CIDs
+                self._counter += 1
+                enclave_name = f"{label}-{self.worker}-{self._counter}"
+                while self._next_cid in used:
+                    self._next_cid += 1
+                cid, self._next_cid = self._next_cid, self._next_cid + 1
             info = run_enclave(
                 built.eif_path,
                 memory_mib=spec.memory_mib or minimum_memory_mib(built.eif_path),

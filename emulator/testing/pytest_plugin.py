@@ -19,7 +19,8 @@ Options (group "nitro-emu"): ``--nitro-keep never|failed|always``, ``--nitro-sta
 This module is imported by every pytest run of a project that installs nitro-emu, so its
 top level imports only pytest and the standard library; the emulator loads on first use.
 Under pytest-xdist each worker gets its own state dir (``<dir>/<worker id>``), its own CID
-range and worker-tagged enclave names.
+range and worker-tagged enclave names; the workers share one build cache
+(``NITRO_EMU_CACHE_DIR``, beside the workers' temp dirs) unless that variable is set.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from emulator.testing.kms import LocalKms
 
 KEEP_CHOICES = ("never", "failed", "always")
+ENV_CACHE = "NITRO_EMU_CACHE_DIR"  # emulator.settings.ENV_CACHE (not imported: see the docstring)
 MARKER = "nitro_enclave"
 _HANDLES: pytest.StashKey[list[EnclaveHandle]] = pytest.StashKey()
 _REPORTS: pytest.StashKey[dict[str, pytest.TestReport]] = pytest.StashKey()  # by phase ("setup", "call", ...)
@@ -111,16 +113,35 @@ def nitro_state_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     return home
 
 
+def _shared_build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Under xdist, one build cache (shim, EIF summaries) for all of the session's workers.
+
+    Each worker has its own state dir; without this each one's first enclave compiled the shim
+    and hashed the EIF again (about 6 s of CPU per worker, docs/scale.md). xdist gives each
+    worker ``<session basetemp>/popen-<worker>``, so the session's cache sits beside them.
+    """
+    return tmp_path_factory.getbasetemp().parent / "nitro-cache"
+
+
 @pytest.fixture(scope="session")
-def nitro_enclave_factory(request: pytest.FixtureRequest, nitro_state_dir: Path) -> Iterator[EnclaveFactory]:
+def nitro_enclave_factory(
+    request: pytest.FixtureRequest, nitro_state_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EnclaveFactory]:
     """Builds EIFs (cached by content) and runs enclaves; terminates leftovers at session end."""
     from emulator.testing.handles import EnclaveFactory
 
+    previous = os.environ.get(ENV_CACHE)
+    if "PYTEST_XDIST_WORKER" in os.environ and previous is None:
+        os.environ[ENV_CACHE] = str(_shared_build_cache(tmp_path_factory))
     cache = request.config.getoption("--nitro-cache-dir")
     factory = EnclaveFactory(nitro_state_dir, cache_dir=Path(cache) if cache else None, worker=_worker())
-    yield factory
-    kept = {enclave_id for enclave_id, _ in request.config.stash.get(_KEPT, [])}
-    factory.close(keep=frozenset(kept))
+    try:
+        yield factory
+        kept = {enclave_id for enclave_id, _ in request.config.stash.get(_KEPT, [])}
+        factory.close(keep=frozenset(kept))
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_CACHE, None)
 
 
 @pytest.fixture(scope="session")

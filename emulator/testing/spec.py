@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -65,18 +66,37 @@ def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
+_HOME_LOCK = threading.Lock()
+_HOMES: list[tuple[object, str]] = []  # the blocks inside home_env now, innermost last
+_OUTSIDE: list[str | None] = []  # NITRO_EMU_HOME as it was before the first of them
+
+
 @contextlib.contextmanager
 def home_env(home: Path) -> Iterator[None]:
-    """Point ``NITRO_EMU_HOME`` at ``home`` for the block (the runtime reads it per call)."""
-    previous = os.environ.get(ENV_HOME)
-    os.environ[ENV_HOME] = str(home)
+    """Point ``NITRO_EMU_HOME`` at ``home`` for the block (the runtime reads it per call).
+
+    Safe for blocks that overlap in several threads (one factory's parallel starts): a block
+    that ends puts back the home of the latest block still open, and the value from before
+    only when none is left. (Before, the first start to finish unset the variable under the
+    others, whose next runtime call then used the default state dir.) Blocks with different
+    homes at the same time still share one process environment: the latest one wins.
+    """
+    token = object()
+    with _HOME_LOCK:
+        if not _HOMES:
+            _OUTSIDE[:] = [os.environ.get(ENV_HOME)]
+        _HOMES.append((token, str(home)))
+        os.environ[ENV_HOME] = str(home)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(ENV_HOME, None)
-        else:
-            os.environ[ENV_HOME] = previous
+        with _HOME_LOCK:
+            _HOMES[:] = [entry for entry in _HOMES if entry[0] is not token]
+            restored = _HOMES[-1][1] if _HOMES else _OUTSIDE[0]
+            if restored is None:
+                os.environ.pop(ENV_HOME, None)
+            else:
+                os.environ[ENV_HOME] = restored
 
 
 @dataclass(frozen=True)

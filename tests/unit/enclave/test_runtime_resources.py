@@ -95,6 +95,51 @@ def test_a_malformed_pool_is_a_cpu_error(monkeypatch: pytest.MonkeyPatch) -> Non
     assert code_of(res.cpu_pool) == 24
 
 
+def test_the_default_pool_is_31_cpus_and_e22_names_both_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 32nd one-CPU enclave of a home gets E22 saying how the pool is made and changed."""
+    monkeypatch.delenv(res.ENV_CPU_POOL, raising=False)
+    monkeypatch.delenv(res.ENV_CPU_COUNT, raising=False)
+    assert res.cpu_pool() == tuple(range(1, 32))
+    with pytest.raises(NitroCliError) as caught:
+        res.allocate_cpus(1, None, in_use=range(1, 32))
+    message = caught.value.message
+    assert caught.value.code == 22 and message.startswith("Insufficient CPUs available in the pool.")
+    assert "0 of the pool's 31 CPUs are free, 31 held by running enclaves" in message
+    assert "the default 31 CPUs, 1-31" in message
+    assert "$NITRO_EMU_CPU_COUNT=N (allocator.yaml's cpu_count)" in message
+    assert "$NITRO_EMU_CPU_POOL=LIST (its cpu_pool)" in message
+
+
+def test_cpu_count_sets_the_pool_size_as_allocator_yaml_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(res.ENV_CPU_POOL, raising=False)
+    monkeypatch.setenv(res.ENV_CPU_COUNT, "64")
+    assert res.cpu_pool() == tuple(range(1, 65))  # CPU 0 stays with the parent
+    assert res.allocate_cpus(1, None, in_use=range(1, 64)) == (64,)
+    with pytest.raises(NitroCliError) as caught:
+        res.allocate_cpus(1, None, in_use=range(1, 65))
+    assert caught.value.code == 22 and "$NITRO_EMU_CPU_COUNT=64: CPUs 1-64" in caught.value.message
+    for bad in ("0", "lots", "-3", "9000"):
+        monkeypatch.setenv(res.ENV_CPU_COUNT, bad)
+        assert code_of(res.cpu_pool) == 24
+
+
+def test_cpu_count_and_cpu_pool_conflict_and_cpu_0_is_the_parents(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(res.ENV_CPU_COUNT, "4")
+    monkeypatch.setenv(res.ENV_CPU_POOL, "1-4")
+    with pytest.raises(NitroCliError) as caught:
+        res.cpu_pool()
+    assert caught.value.code == 24 and "set only one" in caught.value.message
+    monkeypatch.delenv(res.ENV_CPU_COUNT)
+    monkeypatch.setenv(res.ENV_CPU_POOL, "0-3")
+    assert code_of(res.cpu_pool) == 24
+    monkeypatch.setenv(res.ENV_CPU_POOL, "1-99999")
+    assert code_of(res.cpu_pool) == 24
+    monkeypatch.setenv(res.ENV_CPU_POOL, "2,3,6-9")
+    with pytest.raises(NitroCliError) as caught:
+        res.allocate_cpus(None, [4], in_use=[])
+    assert caught.value.code == 21 and "$NITRO_EMU_CPU_POOL=2,3,6-9" in caught.value.message
+
+
 def test_host_cpuset_gives_as_many_cpus_as_the_host_allows() -> None:
     assert res.host_cpuset([1, 3], host_cpus=4) == (1, 3)
     assert res.host_cpuset([2, 4], host_cpus=2) == (0, 1)  # collisions filled with other CPUs
@@ -275,6 +320,38 @@ def test_a_supervisor_that_never_answers_is_e05_and_is_killed(
     while time.monotonic() < deadline and process_start_ticks(pid) is not None:
         time.sleep(0.05)
     assert process_start_ticks(pid) is None, f"the silent supervisor {pid} was left running"
+
+
+def test_the_double_fork_names_its_child_before_the_child_speaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CHILD`` precedes ``PID`` however late the intermediate process writes it (issue 16:
+    under a start storm the supervisor's ``PID`` came first and ``CHILD`` was read as its
+    boot answer, E36)."""
+    import time
+
+    from emulator.enclave import supervisor
+
+    write_line = supervisor._write_line
+
+    def late_child_line(fd: int | None, line: str) -> None:
+        if line.startswith("CHILD "):
+            time.sleep(0.3)  # the intermediate process descheduled, as on 2 busy cores
+        write_line(fd, line)
+
+    monkeypatch.setattr(supervisor, "_write_line", late_child_line)
+    read_fd, write_fd = os.pipe()
+    intermediate = os.fork()
+    if intermediate == 0:  # pragma: no cover - the child never returns into pytest
+        try:
+            supervisor._fork_detached(write_fd)  # the intermediate exits in there
+            write_line(write_fd, f"PID {os.getpid()}")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(intermediate, 0)
+    with os.fdopen(read_fd) as pipe:
+        lines = pipe.read().splitlines()  # EOF: the grandchild has exited too
+    assert [line.split()[0] for line in lines] == ["CHILD", "PID"]
+    assert lines[0].split()[1] == lines[1].split()[1]
 
 
 def test_the_home_ca_names_the_home_instance_whoever_creates_it_first(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -65,6 +66,29 @@ def test_a_good_spec_resolves_the_directory(dockerfile_dir: Path, monkeypatch: p
 
     assert spec.dockerfile_dir == dockerfile_dir
     assert spec.memory_mib == 512 and spec.cpu_count == 1 and not spec.debug_mode
+
+
+def test_overlapping_home_env_blocks_keep_the_home_until_the_last_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parallel starts of one factory: the first to finish must not unset NITRO_EMU_HOME
+    under the others (their next runtime call would use the default state dir)."""
+    from emulator.testing.spec import home_env
+
+    monkeypatch.delenv("NITRO_EMU_HOME", raising=False)
+    first, second = home_env(tmp_path), home_env(tmp_path)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # as thread A finishing while thread B still starts
+    assert os.environ.get("NITRO_EMU_HOME") == str(tmp_path)
+    second.__exit__(None, None, None)
+    assert "NITRO_EMU_HOME" not in os.environ
+    monkeypatch.setenv("NITRO_EMU_HOME", "/elsewhere")
+    with home_env(tmp_path / "a"):
+        with home_env(tmp_path / "b"):
+            assert os.environ["NITRO_EMU_HOME"] == str(tmp_path / "b")
+        assert os.environ["NITRO_EMU_HOME"] == str(tmp_path / "a")
+    assert os.environ["NITRO_EMU_HOME"] == "/elsewhere"
 
 
 def test_directory_digest_follows_content_mode_and_build_args(dockerfile_dir: Path) -> None:

@@ -251,6 +251,10 @@ class EifImage:
         last = self.sections[-1]
         return last.data_offset + last.size
 
+    def open(self) -> BinaryIO:
+        """The file, open for reading (the caller closes it); E19 if it cannot be opened."""
+        return _open(self.path)
+
     def iter_section(self, section: Section, start: int = 0, chunk: int = CHUNK) -> Iterator[bytes]:
         """Stream a section's data from ``start`` (relative to the data) to its end."""
         with _open(self.path) as stream:

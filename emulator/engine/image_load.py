@@ -61,7 +61,7 @@ def load_layer_image(
     size: int,
     tag: str,
     *,
-    entrypoint: Sequence[str],
+    entrypoint: Sequence[str] | None,
     labels: Mapping[str, str],
     cmd: Sequence[str] | None = None,
     env: Sequence[str] | None = None,
@@ -79,7 +79,9 @@ def load_layer_image(
         docker.errors.DockerException (ImageLoadError, APIError) / requests exceptions: the
             engine refused or failed; ValueError: ``layer`` was not ``size`` bytes.
     """
-    container: dict[str, Any] = {"Entrypoint": list(entrypoint), "Labels": dict(labels)}
+    container: dict[str, Any] = {"Labels": dict(labels)}
+    if entrypoint:
+        container["Entrypoint"] = list(entrypoint)
     if cmd:
         container["Cmd"] = list(cmd)
     if env:

@@ -177,14 +177,15 @@ class _Planner:
                 self._hard_link(entry, path, first_path)
 
     def _check_parents(self, entry: CpioEntry, path: str) -> None:
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            prefix = "/".join(parts[:depth])
-            if prefix in self.symlinks:
+        symlinks = self.symlinks
+        slash = path.find("/")
+        while slash != -1:  # each proper prefix a/, a/b/, ... (the path's parts are normal)
+            if path[:slash] in symlinks:
                 raise UnsafeRamdiskError(
-                    self.index.source, f"it would be written through the symlink rootfs/{prefix}, "
+                    self.index.source, f"it would be written through the symlink rootfs/{path[:slash]}, "
                     "which may point outside rootfs/", entry.name,
                 )
+            slash = path.find("/", slash + 1)
 
     def _add(self, entry: CpioEntry, path: str, kind: bytes, *, size: int = 0, link: bytes = b"") -> None:
         header = member_header(path.encode("utf-8", "surrogateescape"), kind, mode=entry.mode, uid=entry.uid,

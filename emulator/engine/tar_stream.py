@@ -27,6 +27,8 @@ _CHECKSUM_SPACES = b" " * 8
 _MAX_OCTAL_7 = 8**7 - 1  # mode, uid, gid: 7 digits and a NUL
 _MAX_OCTAL_11 = 8**11 - 1  # size, mtime: 11 digits and a NUL
 _ZERO_7 = b"0000000\0"
+#: The sum of a header's constant bytes: checksum spaces, magic, version, device fields.
+_FIXED_SUM = sum(_CHECKSUM_SPACES + b"ustar\0" + b"00" + _ZERO_7 + _ZERO_7)
 _CHUNK = 1 << 20
 _WINDOW = 4 << 20
 #: Files up to this size are joined from the read-ahead window; larger ones are read alone.
@@ -75,13 +77,16 @@ def _pax_header(records: dict[bytes, bytes]) -> bytes:
 
 def _ustar(name: bytes, kind: bytes, mode: int, uid: int, gid: int, mtime: int, size: int, link: bytes,
            prefix: bytes) -> bytes:
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
     header = _USTAR.pack(
-        name, b"%07o\0" % mode, b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size, b"%011o\0" % mtime,
+        name, numbers[:8], numbers[8:16], numbers[16:24], numbers[24:36], numbers[36:],
         _CHECKSUM_SPACES, kind, link, b"ustar\0", b"00", b"", b"", _ZERO_7, _ZERO_7, prefix,
     )
     # POSIX: the checksum is the sum of the header's bytes with its own field as spaces,
-    # written as 6 octal digits, a NUL and a space (tarfile and GNU tar write it so)
-    return b"%b%06o\0 %b" % (header[:148], sum(header), header[156:])
+    # written as 6 octal digits, a NUL and a space (tarfile and GNU tar write it so). Only
+    # the variable fields are summed; the rest of the block always sums to _FIXED_SUM.
+    checksum = _FIXED_SUM + sum(name) + sum(numbers) + kind[0] + sum(link) + sum(prefix)
+    return b"%b%06o\0 %b" % (header[:148], checksum, header[156:])
 
 
 def member_header(name: bytes, kind: bytes, *, mode: int, uid: int, gid: int, mtime: int, size: int = 0,

@@ -84,6 +84,8 @@ class CpioEntry:
     rdevmajor: int = 0
     rdevminor: int = 0
     check: int = 0
+    #: where the data start in the archive (:class:`~emulator.eif.cpio_index.CpioIndex`), else -1
+    data_offset: int = -1
 
     @property
     def kind(self) -> int:
@@ -142,11 +144,7 @@ class _Source:
             if not more:
                 break
             head += more
-        for magic, name in _OTHER_COMPRESSIONS.items():
-            if head.startswith(magic):
-                raise CpioFormatError(self._source, f"the ramdisk is {name}-compressed; nitro-emu reads "
-                                      "uncompressed or gzip'd cpio (what nitro-cli writes)")
-        if head.startswith(_GZIP_MAGIC):
+        if is_gzip(head, self._source):
             self.compressed = True
             self._gzip = zlib.decompressobj(wbits=31)
             self._pending = head
@@ -201,6 +199,30 @@ class _Source:
                 self._buffer = bytearray(stripped)
                 return True
             self._buffer.clear()
+
+
+def is_gzip(head: bytes, source: str) -> bool:
+    """Whether an archive starting with ``head`` (6 bytes or more) is gzip'd.
+
+    Raises:
+        CpioFormatError: it is compressed some other way the kernel knows (xz, zstd...).
+    """
+    for magic, name in _OTHER_COMPRESSIONS.items():
+        if head.startswith(magic):
+            raise CpioFormatError(source, f"the ramdisk is {name}-compressed; nitro-emu reads "
+                                  "uncompressed or gzip'd cpio (what nitro-cli writes)")
+    return head.startswith(_GZIP_MAGIC)
+
+
+def inflate(chunks: Iterable[bytes], out: BinaryIO, *, source: str, limits: CpioLimits | None = None) -> bool:
+    """Write the archive in ``chunks`` into ``out``, gunzipped if it is gzip; True if it was.
+
+    The inflated size is bounded as :class:`CpioReader` bounds it (a gzip bomb is an E35).
+    """
+    stream = _Source(chunks, source, limits or CpioLimits())
+    while data := stream.read(_READ_SIZE):
+        out.write(data)
+    return stream.compressed
 
 
 def _pad(length: int) -> int:

@@ -32,7 +32,7 @@ from emulator.eif.format import (
 )
 from emulator.eif.signing import SignatureSection, parse_signature_section
 from emulator.errors import NitroCliError
-from emulator.eif.measurements import Measurements, PcrHasher
+from emulator.eif.measurements import Measurements, PcrHasher, ThreadedPcrHasher
 
 CHUNK = 1 << 20
 _KNOWN_TYPES = frozenset(int(kind) for kind in SectionType if kind != SectionType.INVALID)
@@ -251,6 +251,10 @@ class EifImage:
         last = self.sections[-1]
         return last.data_offset + last.size
 
+    def open(self) -> BinaryIO:
+        """The file, open for reading (the caller closes it); E19 if it cannot be opened."""
+        return _open(self.path)
+
     def iter_section(self, section: Section, start: int = 0, chunk: int = CHUNK) -> Iterator[bytes]:
         """Stream a section's data from ``start`` (relative to the data) to its end."""
         with _open(self.path) as stream:
@@ -297,12 +301,17 @@ def read_eif(path: Path | str) -> EifImage:
         EifFormatError: it is not a well-formed EIF (E35).
     """
     path = Path(path)
+    # PCR0's and PCR1/PCR2's SHA-384 in threads of their own, beside this one's reads and CRC
+    with ThreadedPcrHasher() as image, ThreadedPcrHasher() as boot, ThreadedPcrHasher() as app:
+        return _read_eif(path, image, boot, app)
+
+
+def _read_eif(path: Path, image: PcrHasher, boot: PcrHasher, app: PcrHasher) -> EifImage:
     with _open(path) as stream:
         file_size = os.fstat(stream.fileno()).st_size
         raw_header = stream.read(HEADER_SIZE)
         header = EifHeader.unpack(raw_header, path)
         crc = crc32(header_crc_input(raw_header))
-        image, boot, app = PcrHasher(), PcrHasher(), PcrHasher()
         sections: list[Section] = []
         small: dict[int, bytes] = {}
         position = HEADER_SIZE

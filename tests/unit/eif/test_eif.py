@@ -9,6 +9,7 @@ import json
 import re
 import struct
 import tarfile
+import threading
 import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,6 +27,7 @@ from emulator.eif.boot_blobs import boot_blobs
 from emulator.cli.app import main
 from emulator.eif.file import EifFileError, read_eif, write_eif
 from emulator.eif.format import EifFormatError, SectionType, crc32_combine
+from emulator.eif.measurements import PcrHasher, ThreadedPcrHasher
 from emulator.eif.signing import EifSigner, SigningError, pcr_info_payload
 from emulator.eif.ramdisk import CONFIG_MEMBER, read_ramdisk_config, write_canonical_archive
 
@@ -482,3 +484,19 @@ def test_pyc_stamps_are_a_function_of_content_not_export_order() -> None:
     forward, backward = _canonical(_tar(entries)), _canonical(_tar(entries[::-1]))
     assert forward == backward
     assert _stamped(entries)["m.py"] == 1_234_567_890
+
+
+def test_a_threaded_pcr_hasher_measures_what_a_plain_one_does() -> None:
+    blocks = [bytes([i]) * (3000 + i * 977) for i in range(20)]  # past hashlib's GIL-free size
+    plain = PcrHasher()
+    before = threading.active_count()
+    with ThreadedPcrHasher() as threaded:
+        for index, block in enumerate(blocks):
+            plain.update(block)
+            changing = bytearray(block)
+            threaded.update(changing)
+            changing[:] = b"\xff" * len(changing)  # the queued block was copied
+            if index == 9:
+                assert threaded.copy().pcr() == plain.copy().pcr()
+        assert threaded.pcr() == plain.pcr()
+    assert threading.active_count() == before  # close() ended its thread

@@ -8,6 +8,8 @@ import json
 import tarfile
 from typing import Any
 
+import pytest
+
 from emulator.engine.image_load import load_layer_image
 
 
@@ -32,8 +34,10 @@ def test_the_archive_is_what_docker_save_writes() -> None:
         info.size = 5
         rootfs.addfile(info, io.BytesIO(b"hello"))
     client = FakeClient()
-    load_layer_image(client, layer, "nitro-emu/enclave:abc", entrypoint=["/init", "1"],  # type: ignore[arg-type]
-                     labels={"org.nitro-emu.layout": "nitro-cli"})
+    data = layer.getvalue()
+    chunks = [data[i : i + 700] for i in range(0, len(data), 700)]
+    load_layer_image(client, chunks, len(data), "nitro-emu/enclave:abc",  # type: ignore[arg-type]
+                     entrypoint=["/init", "1"], working_dir="/", labels={"org.nitro-emu.layout": "nitro-cli"})
     with tarfile.open(fileobj=io.BytesIO(client.images.loaded)) as archive:
         names = archive.getnames()
         manifest = json.loads(archive.extractfile("manifest.json").read())  # type: ignore[union-attr]
@@ -48,3 +52,20 @@ def test_the_archive_is_what_docker_save_writes() -> None:
     assert config["config"] == {"Entrypoint": ["/init", "1"], "WorkingDir": "/",
                                 "Labels": {"org.nitro-emu.layout": "nitro-cli"}}
     assert sorted(names) == sorted([entry["Config"], entry["Layers"][0], "manifest.json"])
+
+
+def test_config_keys_left_out_are_absent_and_the_rest_are_kept() -> None:
+    client = FakeClient()
+    load_layer_image(client, [bytes(1024)], 1024, "t:1", entrypoint=["/e"], labels={},  # type: ignore[arg-type]
+                     cmd=["a", "b c"], env=["A=1", "B=$x"], user="1000:1000")
+    with tarfile.open(fileobj=io.BytesIO(client.images.loaded)) as archive:
+        (entry,) = json.loads(archive.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        config = json.loads(archive.extractfile(entry["Config"]).read())  # type: ignore[union-attr]
+    assert config["config"] == {"Entrypoint": ["/e"], "Cmd": ["a", "b c"], "Env": ["A=1", "B=$x"],
+                                "User": "1000:1000", "Labels": {}}
+
+
+def test_a_layer_shorter_than_announced_is_refused() -> None:
+    with pytest.raises(ValueError, match="1024 bytes, not the 2048 announced"):
+        load_layer_image(FakeClient(), [bytes(1024)], 2048, "t:1", entrypoint=["/e"],  # type: ignore[arg-type]
+                         labels={})

@@ -199,12 +199,18 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
     from emulator.enclave.nitro_cli_init import init_extras
     from emulator.enclave.supervisor import make_runtime_dirs
     from emulator.shim.build import container_extras as shim_extras
+    from emulator.shim.intercept import container_extras as intercept_extras
 
     run_dir = make_runtime_dirs(settings, info.cid)
-    extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras, init_extras))
-    kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir, extras=extras)
-    kwargs.pop("detach", None)
+    # the interceptor last: its launcher runs first, in front of nitro-emu's init if any
+    extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras, init_extras, intercept_extras))
     try:
+        image_config = None
+        if extras.entrypoint_prefix:
+            image_config = client.images.get(info.image_tag).attrs.get("Config") or {}
+        kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir, extras=extras,
+                                    image_config=image_config)
+        kwargs.pop("detach", None)
         return client.containers.create(**kwargs)
     except docker.errors.ImageNotFound as error:
         raise nitro_cli_error(

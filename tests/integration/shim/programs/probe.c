@@ -56,7 +56,7 @@ static const char *addr_text(const struct vm *a, char *out)
     if (a->family != AFV) { sprintf(out, "family:%u", a->family); return out; }
     if (a->cid == ANY) strcpy(cid, "ANY"); else if (a->cid == own) strcpy(cid, "OWN"); else sprintf(cid, "%u", a->cid);
     if (a->port == ANY) strcpy(port, "ANY");
-    else if (a->port >= 1024 && a->port <= 0x7fffffff && a->port != 6000 && a->port != 6002) strcpy(port, "eph");
+    else if (a->port >= 10000 && a->port <= 0x7fffffff) strcpy(port, "eph"); /* fixed ports here are < 10000 */
     else sprintf(port, "%u", a->port);
     sprintf(out, "%s:%s", cid, port);
     return out;

@@ -305,7 +305,7 @@ def _fetch_reply(cid: int, port: int) -> dict[str, Any]:
 
 
 def _attested_over_vsock(docker_client: Any, tmp_path_factory: pytest.TempPathFactory, name: str,
-                         binary: Path, argv: list[str], port: int) -> None:
+                         binary: Path, argv: list[str], port: int, user: bytes, nonce: bytes) -> None:
     from ca import TestCA
     from emulator.eif import build_eif
     from emulator.enclave.runtime import enclave_logs, running_enclave
@@ -322,9 +322,9 @@ def _attested_over_vsock(docker_client: Any, tmp_path_factory: pytest.TempPathFa
             root = TestCA.load_or_create(get_settings().ca_dir).root_certificate
             document = verify_attestation_document(
                 reply["Attestation"]["document"], trusted_roots=[root], expected_pcrs=measurements.pcrs(),
-                nonce=argv[2].encode(),
+                nonce=nonce,
             )
-            assert document.user_data == argv[1].encode()
+            assert document.user_data == user
             output = wait_for_output(enclave.enclave_id, "SERVED", timeout=30)
             served = next(line for line in output.splitlines() if line.startswith("SERVED"))
             assert served.split()[1].split(":")[0] == "3", output  # the host is the parent, CID 3
@@ -336,12 +336,12 @@ def test_static_binary_with_raw_syscalls_in_a_scratch_image(
 ) -> None:
     binary = toolchains.c_probe(static=True)
     _attested_over_vsock(docker_client, tmp_path_factory, "static", binary,
-                         ["attest", "5005", "static-user", "static-nonce"], 5005)
+                         ["attest", "5005", "static-user", "static-nonce"], 5005, b"static-user", b"static-nonce")
 
 
 def test_go_program_syscall_and_x_sys_unix(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     binary = toolchains.go_attest()
-    _attested_over_vsock(docker_client, tmp_path_factory, "go", binary, ["5006", "go-user", "go-nonce"], 5006)
+    _attested_over_vsock(docker_client, tmp_path_factory, "go", binary, ["5006", "go-user", "go-nonce"], 5006, b"go-user", b"go-nonce")
 
 
 def test_interceptor_off_by_switch(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -284,9 +284,8 @@ def test_killed_in_the_middle_of_an_ioctl(agent_enclave: Any) -> None:
     assert _results(after["out"])["describe"] == "ok", after
 
 
-def _fetch_reply(cid: int, port: int) -> dict[str, Any]:
-    import cbor2
-
+def _fetch(cid: int, port: int) -> bytes:
+    """What the enclave's server sends: a 4-byte big-endian length and that many bytes."""
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -301,11 +300,16 @@ def _fetch_reply(cid: int, port: int) -> dict[str, Any]:
             time.sleep(0.2)
     (size,) = struct.unpack(">I", data[:4])
     assert len(data) == 4 + size
-    return dict(cbor2.loads(data[4:]))
+    return data[4:]
 
 
 def _attested_over_vsock(docker_client: Any, tmp_path_factory: pytest.TempPathFactory, name: str,
-                         binary: Path, argv: list[str], port: int, user: bytes, nonce: bytes) -> None:
+                         binary: Path, argv: list[str], port: int, user: bytes, nonce: bytes,
+                         *, raw_document: bool = False) -> None:
+    """Run ``binary`` alone in a FROM-scratch enclave; the document it serves on ``port``
+    (the NSM's CBOR reply, or with ``raw_document`` the COSE document itself) verifies."""
+    import cbor2
+
     from ca import TestCA
     from emulator.eif import build_eif
     from emulator.enclave.runtime import enclave_logs, running_enclave
@@ -318,10 +322,11 @@ def _attested_over_vsock(docker_client: Any, tmp_path_factory: pytest.TempPathFa
         measurements = build_eif(docker_client, image, eif)
         with running_enclave(eif, memory_mib=256, cpu_count=1) as enclave:
             wait_for_output(enclave.enclave_id, "LISTENING", timeout=120)
-            reply = _fetch_reply(enclave.cid, port)
+            payload = _fetch(enclave.cid, port)
+            cose = payload if raw_document else cbor2.loads(payload)["Attestation"]["document"]
             root = TestCA.load_or_create(get_settings().ca_dir).root_certificate
             document = verify_attestation_document(
-                reply["Attestation"]["document"], trusted_roots=[root], expected_pcrs=measurements.pcrs(),
+                cose, trusted_roots=[root], expected_pcrs=measurements.pcrs(),
                 nonce=nonce,
             )
             assert document.user_data == user
@@ -342,6 +347,12 @@ def test_static_binary_with_raw_syscalls_in_a_scratch_image(
 def test_go_program_syscall_and_x_sys_unix(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     binary = toolchains.go_attest()
     _attested_over_vsock(docker_client, tmp_path_factory, "go", binary, ["5006", "go-user", "go-nonce"], 5006, b"go-user", b"go-nonce")
+
+
+def test_rust_program_on_aws_nsm_api_crate(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    binary = toolchains.rust_attest()
+    _attested_over_vsock(docker_client, tmp_path_factory, "rust", binary, ["5007", "rust-user", "rust-nonce"], 5007,
+                         b"rust-user", b"rust-nonce", raw_document=True)
 
 
 def test_interceptor_off_by_switch(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> None:

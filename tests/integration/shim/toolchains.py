@@ -98,3 +98,30 @@ def go_attest() -> Path:
            "GOCACHE": str(gocache)}
     return cached_build("goattest", [source], [go or "go", "build", "-o", "{out}", "main.go"],
                         env=env, cwd=source.parent)
+
+
+RUST_TARGET = "x86_64-unknown-linux-musl"
+
+
+def rust_attest() -> Path:
+    """``programs/rustattest``: aws-nitro-enclaves-nsm-api from crates.io, static musl."""
+    cargo, rustup = shutil.which("cargo"), shutil.which("rustup")
+    if cargo is None:
+        missing("no Rust toolchain: install rustup (https://rustup.rs) and cargo")
+    if rustup is not None:
+        installed = subprocess.run([rustup, "target", "list", "--installed"], capture_output=True, text=True,
+                                   check=False, timeout=60).stdout.split()
+        if RUST_TARGET not in installed:
+            missing(f"the Rust target {RUST_TARGET} is not installed: rustup target add {RUST_TARGET}")
+    project = PROGRAMS / "rustattest"
+    sources = [project / "Cargo.toml", project / "Cargo.lock", project / "src" / "main.rs"]
+    target_dir = cache_root() / "cargo-target"
+    script = (f"{cargo} build --quiet --locked --release --target {RUST_TARGET} "
+              f"--manifest-path {project / 'Cargo.toml'} --target-dir {target_dir} "
+              f"&& cp {target_dir / RUST_TARGET / 'release' / 'rustattest'} {{out}}")
+    try:
+        return cached_build("rustattest", sources, ["sh", "-c", script])
+    except AssertionError as error:
+        if "crates.io" in str(error) or "index" in str(error):
+            missing(f"cargo could not fetch aws-nitro-enclaves-nsm-api from crates.io: {str(error)[-300:]}")
+        raise

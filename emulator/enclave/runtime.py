@@ -202,7 +202,7 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
     from emulator.shim.intercept import container_extras as intercept_extras
 
     run_dir = make_runtime_dirs(settings, info.cid)
-    # the interceptor last: its launcher runs first, in front of nitro-emu's init if any
+    # the interceptor last: its launcher, if any, runs first (nitro-cli EIFs: init serves it)
     extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras, init_extras, intercept_extras))
     try:
         image_config = None

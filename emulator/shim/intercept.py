@@ -13,7 +13,9 @@ interceptor"). Everything stays inside the enclave's container: no fd crosses to
 - :func:`container_extras` mounts that directory read-only at ``/run/nitro-emu/intercept``,
   binds a ``/dev/null`` node at ``/dev/nsm`` (so open, close, dup and fstat of the device are
   the kernel's, and only the NSM ioctl is trapped), and puts the launcher in front of the
-  image's entrypoint (also in front of nitro-emu's init for nitro-cli EIFs).
+  image's entrypoint. nitro-emu's init for nitro-cli EIFs has the interceptor compiled in
+  (``emulator/enclave/nitro_cli_init.c``) and serves it itself when ``NITRO_EMU_INTERCEPT=1``,
+  so it stays PID 1 and the command's parent, as on Nitro.
 - ``NITRO_EMU_INTERCEPT=0`` in run-enclave's environment turns it off. On a kernel without
   the features (Linux 5.14), the launcher says so on the enclave's console and runs the
   command without the filter.
@@ -147,6 +149,12 @@ def container_extras(context: ContainerContext) -> ContainerExtras:
     except InterceptBuildError as error:
         logger.warning("enclave runs without the syscall interceptor: %s", error)
         return ContainerExtras()
+    from emulator.eif.nitro_cli_layout import LAYOUT_NITRO_CLI
+    from emulator.enclave.nitro_cli_init import EXTRA_LAYOUT
+
+    if context.enclave.extra.get(EXTRA_LAYOUT) == LAYOUT_NITRO_CLI:
+        # nitro-emu's init has the interceptor compiled in: it stays PID 1, the command's parent
+        return ContainerExtras(mounts={NSM_STANDIN: (NSM_DEVICE, False)}, environment={ENV_DISABLE: "1"})
     (context.run_dir / "intercept").mkdir(parents=True, exist_ok=True)  # the mount point, ours
     return ContainerExtras(
         mounts={str(launcher.parent): (ENCLAVE_DIR, True), NSM_STANDIN: (NSM_DEVICE, False)},

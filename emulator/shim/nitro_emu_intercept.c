@@ -4,6 +4,9 @@
  *
  *   nitro-emu-intercept [--check] [--] COMMAND [ARG...]
  *
+ * (nitro_cli_init.c, PID 1 of nitro-cli EIFs, embeds the same pieces with
+ * NITRO_EMU_INTERCEPT_EMBEDDED defined: ne_intercept_available, _child, _serve.)
+ *
  * It forks. The child installs a seccomp filter with SECCOMP_FILTER_FLAG_NEW_LISTENER,
  * hands the listener fd to the parent over a socketpair (SCM_RIGHTS) and execs COMMAND; the
  * parent stays unfiltered, serves the notifications, reaps children (it is PID 1), passes
@@ -1342,7 +1345,60 @@ static int check_kernel(char *why, size_t size, unsigned int *flags_out)
     return 0;
 }
 
-/* ---- the launcher ------------------------------------------------------------------------ */
+/* ---- the pieces a PID 1 needs (this launcher, and nitro_cli_init.c, which embeds them) ---- */
+
+static void say_without(const char *why, const char *command)
+{
+    fprintf(stderr, "nitro-emu-intercept: warning: %s; %s runs without the syscall interceptor: "
+                    "static programs and raw system calls see no /dev/nsm and no AF_VSOCK (docs/shim.md)\n",
+            why, command);
+}
+
+/* 0 if the interceptor can run here; else 1, and the reason is on stderr. */
+static int ne_intercept_available(const char *command)
+{
+    char why[256];
+    unsigned int flags = 0;
+    const char *verbose = getenv("NITRO_EMU_INTERCEPT_DEBUG");
+    debug = verbose != NULL && strcmp(verbose, "1") == 0;
+    if (check_kernel(why, sizeof why, &flags) == 0)
+        return 0;
+    say_without(why, command);
+    return 1;
+}
+
+/* In the child, after fork and before exec: install the filter, send its listener on sock. */
+static void ne_intercept_child(int sock)
+{
+    unsigned int used;
+    int fd = filter_self(&used);
+    if (send_fd(sock, fd, fd < 0 ? -fd : 0) != 0)
+        _exit(1);
+    if (fd >= 0)
+        close(fd); /* only the handler may hold it: with none left, calls fail, not hang */
+    close(sock);
+}
+
+/* In the parent: take the child's listener from sock and serve it; 0, or -1 (said why). */
+static int ne_intercept_serve(int sock, const char *command)
+{
+    notify_fd = recv_fd(sock);
+    close(sock);
+    if (notify_fd < 0) {
+        char why[128];
+        snprintf(why, sizeof why, "the seccomp filter was refused (%s)", strerror(-notify_fd));
+        say_without(why, command);
+        return -1;
+    }
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, serve, NULL) != 0 || pthread_create(&thread, NULL, sweeper, NULL) != 0) {
+        warn("cannot start the handler threads");
+        return -1;
+    }
+    return 0;
+}
+
+#ifndef NITRO_EMU_INTERCEPT_EMBEDDED
 
 static void run(char **command)
 {
@@ -1362,32 +1418,24 @@ int main(int argc, char **argv)
     }
     if (first < argc && strcmp(argv[first], "--") == 0)
         first++;
-    if (first >= argc && !check_only) {
+    if (check_only) {
+        char why[256];
+        unsigned int flags = 0;
+        if (check_kernel(why, sizeof why, &flags) != 0) {
+            printf("unavailable: %s\n", why);
+            return 1;
+        }
+        printf("ok%s\n", flags & FLAG_WAIT_KILLABLE_RECV ? " wait-killable-recv" : "");
+        return 0;
+    }
+    if (first >= argc) {
         warn("usage: nitro-emu-intercept [--check] [--] COMMAND [ARG...]");
         return 2;
     }
     char **command = argv + first;
     const char *enabled = getenv("NITRO_EMU_INTERCEPT");
-    if (!check_only && enabled != NULL && strcmp(enabled, "0") == 0)
+    if ((enabled != NULL && strcmp(enabled, "0") == 0) || ne_intercept_available(command[0]) != 0)
         run(command);
-    char why[256];
-    unsigned int flags = 0;
-    const char *verbose = getenv("NITRO_EMU_INTERCEPT_DEBUG");
-    debug = verbose != NULL && strcmp(verbose, "1") == 0;
-    if (check_kernel(why, sizeof why, &flags) != 0) {
-        if (check_only) {
-            printf("unavailable: %s\n", why);
-            return 1;
-        }
-        fprintf(stderr, "nitro-emu-intercept: warning: %s; %s runs without the syscall interceptor: "
-                        "static programs and raw system calls see no /dev/nsm and no AF_VSOCK "
-                        "(docs/shim.md)\n", why, command[0]);
-        run(command);
-    }
-    if (check_only) {
-        printf("ok%s\n", flags & FLAG_WAIT_KILLABLE_RECV ? " wait-killable-recv" : "");
-        return 0;
-    }
 
     sigset_t handled, previous;
     sigemptyset(&handled);
@@ -1408,29 +1456,13 @@ int main(int argc, char **argv)
     if (child == 0) {
         sigprocmask(SIG_SETMASK, &previous, NULL);
         close(pair[0]);
-        unsigned int used;
-        int fd = filter_self(&used);
-        if (send_fd(pair[1], fd, fd < 0 ? -fd : 0) != 0)
-            _exit(1);
-        if (fd >= 0)
-            close(fd); /* only the handler may hold it: with none left, calls fail, not hang */
-        close(pair[1]);
+        ne_intercept_child(pair[1]);
         run(command);
     }
     close(pair[1]);
-    notify_fd = recv_fd(pair[0]);
-    close(pair[0]);
-    if (notify_fd < 0) {
-        fprintf(stderr, "nitro-emu-intercept: warning: the seccomp filter was refused (%s); %s runs "
-                        "without the syscall interceptor (docs/shim.md)\n", strerror(-notify_fd), command[0]);
-    } else {
-        pthread_t thread;
-        if (pthread_create(&thread, NULL, serve, NULL) != 0 ||
-            pthread_create(&thread, NULL, sweeper, NULL) != 0) {
-            warn("cannot start the handler thread");
-            kill(child, SIGKILL);
-            return 1;
-        }
+    if (ne_intercept_serve(pair[0], command[0]) != 0 && notify_fd >= 0) {
+        kill(child, SIGKILL); /* filtered, but nobody can serve it */
+        return 1;
     }
     /* PID 1's duties: pass signals on, reap every child, exit as the command did */
     for (;;) {
@@ -1450,3 +1482,5 @@ int main(int argc, char **argv)
         }
     }
 }
+
+#endif /* NITRO_EMU_INTERCEPT_EMBEDDED */

@@ -183,3 +183,15 @@ def test_vsock_calls_agree_with_the_shim(launcher: Path, settings: Settings, tmp
     assert through_shim["accept_peer"] == "OWN:eph" and through_shim["eof_after_close"] == "0"
     assert _conform([str(launcher), static], root, None) == through_shim
     assert _conform([str(launcher), dynamic], root, shim) == through_shim  # both: each call once
+
+
+def test_nitro_cli_enclaves_are_served_by_their_init(settings: Settings, tmp_path: Path) -> None:
+    """No launcher in front of nitro-emu's init: init has the interceptor compiled in."""
+    from emulator.eif.nitro_cli_layout import LAYOUT_NITRO_CLI
+    from emulator.enclave.nitro_cli_init import EXTRA_LAYOUT, ensure_init
+
+    context = ContainerContext(settings, _info(extra={EXTRA_LAYOUT: LAYOUT_NITRO_CLI}), tmp_path)
+    extras = container_extras(context)
+    assert extras.entrypoint_prefix == () and extras.environment == {"NITRO_EMU_INTERCEPT": "1"}
+    assert extras.mounts == {"/dev/null": (NSM_DEVICE, False)}
+    assert b"nitro-emu-intercept: warning" in (ensure_init(settings) / "nitro-emu-init").read_bytes()

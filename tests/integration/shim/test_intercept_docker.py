@@ -305,7 +305,7 @@ def _fetch(cid: int, port: int) -> bytes:
 
 def _attested_over_vsock(docker_client: Any, tmp_path_factory: pytest.TempPathFactory, name: str,
                          binary: Path, argv: list[str], port: int, user: bytes, nonce: bytes,
-                         *, raw_document: bool = False) -> None:
+                         *, raw_document: bool = False, ramdisk_format: str = "nitro-emu") -> None:
     """Run ``binary`` alone in a FROM-scratch enclave; the document it serves on ``port``
     (the NSM's CBOR reply, or with ``raw_document`` the COSE document itself) verifies."""
     import cbor2
@@ -319,9 +319,14 @@ def _attested_over_vsock(docker_client: Any, tmp_path_factory: pytest.TempPathFa
     image = _image(docker_client, name, {"/program": binary.read_bytes()}, ["/program", *argv])
     with _private_home(tmp_path_factory) as home:
         eif = home / f"{name}.eif"
-        measurements = build_eif(docker_client, image, eif)
+        measurements = build_eif(docker_client, image, eif, ramdisk_format=ramdisk_format)
         with running_enclave(eif, memory_mib=256, cpu_count=1) as enclave:
             wait_for_output(enclave.enclave_id, "LISTENING", timeout=120)
+            entrypoint = _container(enclave.enclave_id).attrs["Config"]["Entrypoint"]
+            if ramdisk_format == "nitro-cli":  # init is PID 1 and serves the calls itself
+                assert entrypoint[0].endswith("/nitro-emu-init") and ENCLAVE_LAUNCHER not in entrypoint
+            else:
+                assert entrypoint[:2] == [ENCLAVE_LAUNCHER, "--"]
             payload = _fetch(enclave.cid, port)
             cose = payload if raw_document else cbor2.loads(payload)["Attestation"]["document"]
             root = TestCA.load_or_create(get_settings().ca_dir).root_certificate
@@ -342,6 +347,16 @@ def test_static_binary_with_raw_syscalls_in_a_scratch_image(
     binary = toolchains.c_probe(static=True)
     _attested_over_vsock(docker_client, tmp_path_factory, "static", binary,
                          ["attest", "5005", "static-user", "static-nonce"], 5005, b"static-user", b"static-nonce")
+
+
+def test_static_binary_in_a_nitro_cli_eif_is_served_by_init(
+    docker_client: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """nitro-cli's layout: nitro-emu's init is PID 1 and serves the interceptor itself."""
+    binary = toolchains.c_probe(static=True)
+    _attested_over_vsock(docker_client, tmp_path_factory, "static", binary,
+                         ["attest", "5005", "cli-user", "cli-nonce"], 5005, b"cli-user", b"cli-nonce",
+                         ramdisk_format="nitro-cli")
 
 
 def test_go_program_syscall_and_x_sys_unix(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> None:

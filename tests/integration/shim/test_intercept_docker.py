@@ -40,6 +40,17 @@ from tests.integration.shim import toolchains
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernel_has_the_features(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The engine's kernel is this one (a local engine): skip where it lacks the features."""
+    from emulator.settings import Settings
+    from emulator.shim.intercept import check_kernel, ensure_interceptor
+
+    found = check_kernel(ensure_interceptor(Settings(home=tmp_path_factory.mktemp("kcheck"))))
+    if not found.available:
+        pytest.skip(f"this kernel cannot run the syscall interceptor: {found.detail}")
+
 AGENT_PORT = 7000
 PARENT_PORT = 8100
 

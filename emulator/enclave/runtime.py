@@ -211,7 +211,14 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
         kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir, extras=extras,
                                     image_config=image_config)
         kwargs.pop("detach", None)
-        return client.containers.create(**kwargs)
+        container = client.containers.create(**kwargs)
+        if extras.entrypoint_prefix and image_config is not None:
+            try:
+                _check_command(client, str(container.id), kwargs, len(extras.entrypoint_prefix), image_config)
+            except BaseException:
+                container.remove(force=True)
+                raise
+        return container
     except docker.errors.ImageNotFound as error:
         raise nitro_cli_error(
             "EnclaveBootFailure",
@@ -221,6 +228,36 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
         raise nitro_cli_error(
             "EnclaveBootFailure", detail=f"Docker could not create the enclave: {error.explanation or error}"
         ) from error
+
+
+def _check_command(client: docker.DockerClient, container_id: str, kwargs: dict[str, Any], prefix: int,
+                   image_config: dict[str, Any]) -> None:
+    """Docker's own check that the command exists (``docker start``: "executable file not
+    found") sees only a launcher in front of it (the syscall interceptor): repeat it on the
+    created container, so such an enclave still fails to boot (E36) instead of exiting."""
+    import docker.errors
+
+    argv = [*kwargs["entrypoint"][prefix:], *kwargs.get("command", [])]
+    name = argv[0]
+    env = dict(item.partition("=")[::2] for item in image_config.get("Env") or [])
+    if "/" in name:
+        candidates = [name if name.startswith("/") else f"{image_config.get('WorkingDir') or '/'}/{name}"]
+    else:
+        path = env.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        candidates = [f"{directory or '.'}/{name}" for directory in path.split(":")]
+    for candidate in candidates:
+        try:
+            stream, _ = client.api.get_archive(container_id, candidate)
+        except docker.errors.NotFound:
+            continue
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+        return
+    raise nitro_cli_error(
+        "EnclaveBootFailure",
+        detail=f'Docker could not start the enclave: exec: "{name}": executable file not found in the image',
+    )
 
 
 def _boot(

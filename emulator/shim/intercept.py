@@ -154,9 +154,10 @@ def container_extras(context: ContainerContext) -> ContainerExtras:
 
     if context.enclave.extra.get(EXTRA_LAYOUT) == LAYOUT_NITRO_CLI:
         # nitro-emu's init has the interceptor compiled in: it stays PID 1, the command's parent
-        return ContainerExtras(mounts={NSM_STANDIN: (NSM_DEVICE, False)}, environment={ENV_DISABLE: "1"})
+        return ContainerExtras(mounts={NSM_STANDIN: (NSM_DEVICE, True)}, environment={ENV_DISABLE: "1"})
     (context.run_dir / "intercept").mkdir(parents=True, exist_ok=True)  # the mount point, ours
     return ContainerExtras(
-        mounts={str(launcher.parent): (ENCLAVE_DIR, True), NSM_STANDIN: (NSM_DEVICE, False)},
+        # read-only: a device node opens for writing on a read-only mount all the same
+        mounts={str(launcher.parent): (ENCLAVE_DIR, True), NSM_STANDIN: (NSM_DEVICE, True)},
         entrypoint_prefix=(ENCLAVE_LAUNCHER, "--"),
     )

@@ -81,7 +81,7 @@ def test_container_extras_mount_the_node_and_wrap_the_entrypoint(settings: Setti
     context = ContainerContext(settings, _info(), tmp_path / "run")
     extras = container_extras(context)
     assert extras.entrypoint_prefix == (ENCLAVE_LAUNCHER, "--")
-    assert extras.mounts["/dev/null"] == (NSM_DEVICE, False)
+    assert extras.mounts["/dev/null"] == (NSM_DEVICE, True)
     (launcher_dir,) = [host for host, (inside, _) in extras.mounts.items() if inside == ENCLAVE_DIR]
     assert (Path(launcher_dir) / "nitro-emu-intercept").is_file()
     assert (tmp_path / "run" / "intercept").is_dir()
@@ -193,5 +193,5 @@ def test_nitro_cli_enclaves_are_served_by_their_init(settings: Settings, tmp_pat
     context = ContainerContext(settings, _info(extra={EXTRA_LAYOUT: LAYOUT_NITRO_CLI}), tmp_path)
     extras = container_extras(context)
     assert extras.entrypoint_prefix == () and extras.environment == {"NITRO_EMU_INTERCEPT": "1"}
-    assert extras.mounts == {"/dev/null": (NSM_DEVICE, False)}
+    assert extras.mounts == {"/dev/null": (NSM_DEVICE, True)}
     assert b"nitro-emu-intercept: warning" in (ensure_init(settings) / "nitro-emu-init").read_bytes()

@@ -1148,7 +1148,9 @@ static void on_socket_call(const struct ne_notif *n)
     job->info = info;
     job->fd = fd;
     int nr = n->data.nr;
-    if (nr == SYS_connect || nr == SYS_accept || nr == SYS_accept4) {
+    /* listen takes the directory's flock, which a shim-using process of the same container may
+     * hold while its own (trapped) bind or connect waits for us: never wait for it here */
+    if (nr == SYS_connect || nr == SYS_accept || nr == SYS_accept4 || nr == SYS_listen) {
         pthread_t thread;
         pthread_attr_t attr;
         pthread_attr_init(&attr);

@@ -195,3 +195,31 @@ def test_nitro_cli_enclaves_are_served_by_their_init(settings: Settings, tmp_pat
     assert extras.entrypoint_prefix == () and extras.environment == {"NITRO_EMU_INTERCEPT": "1"}
     assert extras.mounts == {"/dev/null": (NSM_DEVICE, True)}
     assert b"nitro-emu-intercept: warning" in (ensure_init(settings) / "nitro-emu-init").read_bytes()
+
+
+LOCK_HOLDER = r"""
+import fcntl, os, socket, sys, threading, time
+root = os.environ["NITRO_EMU_VSOCK_ROOT"]
+lock = os.open(root + "/vsock", os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(lock, fcntl.LOCK_EX)       # as a shim-using process does around its listen
+listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+listener.bind((socket.VMADDR_CID_ANY, 5001))
+done = threading.Event()
+threading.Thread(target=lambda: (listener.listen(), done.set()), daemon=True).start()
+time.sleep(0.5)                        # the handler now waits for the flock
+other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+other.bind(root + "/other.sock")       # trapped too: served while listen waits
+print("BOUND", flush=True)
+fcntl.flock(lock, fcntl.LOCK_UN)
+print("LISTENING" if done.wait(10) else "STUCK", flush=True)
+"""
+
+
+def test_a_listen_waiting_for_the_flock_does_not_stop_other_calls(launcher: Path, tmp_path: Path) -> None:
+    root = tmp_path / "vs"
+    (root / "vsock").mkdir(parents=True)
+    env = {**os.environ, "NITRO_EMU_CID": str(CID), "NITRO_EMU_VSOCK_ROOT": str(root)}
+    env.pop("LD_PRELOAD", None)
+    result = subprocess.run([str(launcher), sys.executable, "-c", LOCK_HOLDER], capture_output=True, text=True,
+                            env=env, timeout=30, check=False)
+    assert result.stdout.split() == ["BOUND", "LISTENING"], result.stderr

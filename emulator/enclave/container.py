@@ -9,7 +9,9 @@ read-only at ``/run/nitro-emu/parent``).
 Extensions: other pieces add mounts and environment through providers, functions
 ``(context: ContainerContext) -> ContainerExtras`` that the runtime passes to
 :func:`collect_extras` (e.g. the LD_PRELOAD shim's read-only ``lib/`` mount and
-``LD_PRELOAD``, from :mod:`emulator.shim.build`). This module imports none of them.
+``LD_PRELOAD``, from :mod:`emulator.shim.build`), and may put a launcher in front of the
+image's entrypoint (the syscall interceptor, :mod:`emulator.shim.intercept`). This module
+imports none of them.
 """
 
 from __future__ import annotations
@@ -48,10 +50,13 @@ class ContainerContext:
 
 @dataclass(frozen=True)
 class ContainerExtras:
-    """Extra bind mounts (host path -> (container path, read_only)) and environment."""
+    """Extra bind mounts (host path -> (container path, read_only)), environment, and a
+    command put in front of the image's entrypoint (``entrypoint_prefix``: it is exec'd with
+    the image's entrypoint and cmd as its arguments)."""
 
     mounts: Mapping[str, tuple[str, bool]] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
+    entrypoint_prefix: tuple[str, ...] = ()
 
 
 def container_name(enclave_id: str) -> str:
@@ -73,14 +78,29 @@ ExtensionProvider = Callable[[ContainerContext], ContainerExtras]
 
 
 def collect_extras(context: ContainerContext, providers: Sequence[ExtensionProvider]) -> ContainerExtras:
-    """Merge what each provider adds, in order (a later one wins on the same key)."""
+    """Merge what each provider adds, in order (a later one wins on the same key; a later
+    entrypoint prefix goes in front of an earlier one, so the last provider's runs first)."""
     mounts: dict[str, tuple[str, bool]] = {}
     environment: dict[str, str] = {}
+    prefix: tuple[str, ...] = ()
     for provider in providers:
         extras = provider(context)
         mounts.update(extras.mounts)
         environment.update(extras.environment)
-    return ContainerExtras(mounts=mounts, environment=environment)
+        prefix = extras.entrypoint_prefix + prefix
+    return ContainerExtras(mounts=mounts, environment=environment, entrypoint_prefix=prefix)
+
+
+def wrapped_command(prefix: Sequence[str], image_config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``entrypoint`` and ``command`` that run the image's own through ``prefix``.
+
+    Docker drops the image's Cmd when the entrypoint is overridden, so both are given.
+    """
+    entrypoint = list(image_config.get("Entrypoint") or [])
+    command = list(image_config.get("Cmd") or [])
+    if not entrypoint and not command:
+        raise ValueError("the image has neither an entrypoint nor a cmd to wrap")
+    return {"entrypoint": [*prefix, *entrypoint], "command": command}
 
 
 def image_environment(image_env: list[str] | None) -> dict[str, str]:
@@ -99,13 +119,16 @@ def container_settings(
     supervisor_pid: int,
     run_dir: Path,
     extras: ContainerExtras | None = None,
+    image_config: Mapping[str, Any] | None = None,
     transport: Transport | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``docker.containers.create`` for this enclave.
 
     The image's own entrypoint, cmd, working dir and user apply (they are in the image
-    loaded from the EIF); only the environment is added to. ``transport`` says what is
-    mounted at ``/run/nitro-emu`` (:mod:`emulator.transport`; the host's dirs by default).
+    loaded from the EIF); only the environment is added to, and, when an extension asks,
+    the entrypoint is run through its launcher (``image_config``: the image's ``Config``,
+    needed then). ``transport`` says what is mounted at ``/run/nitro-emu``
+    (:mod:`emulator.transport`; the host's dirs by default).
     """
     extras = extras or ContainerExtras()
     memory = f"{enclave.memory_mib}m"
@@ -116,7 +139,13 @@ def container_settings(
         "NITRO_EMU_NSM_SOCKET": ENCLAVE_NSM_SOCKET,
     }
     environment.update(extras.environment)
+    command: dict[str, list[str]] = {}
+    if extras.entrypoint_prefix:
+        if image_config is None:
+            raise ValueError("an entrypoint prefix needs the image's config")
+        command = wrapped_command(extras.entrypoint_prefix, image_config)
     return {
+        **command,
         "image": enclave.image_tag,
         "name": container_name(enclave.enclave_id),
         "labels": labels(settings, enclave, supervisor_pid),

@@ -29,6 +29,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifdef NITRO_EMU_WITH_INTERCEPT
+/* The syscall interceptor (emulator/shim/nitro_emu_intercept.c, on the include path): init
+ * itself serves the command's /dev/nsm ioctls and AF_VSOCK calls, so that it stays PID 1 and
+ * the command's parent, as on Nitro. On when $NITRO_EMU_INTERCEPT is "1". */
+#define NITRO_EMU_INTERCEPT_EMBEDDED
+#include "nitro_emu_intercept.c"
+#endif
+
 #define DEFAULT_PATH_ENV "PATH=/sbin:/usr/sbin:/bin:/usr/bin"
 
 extern char **environ;
@@ -74,6 +82,7 @@ static char **take_list(int argc, char **argv, int *index, size_t extra) {
 }
 
 static int ours(const char *entry) {
+    if (strncmp(entry, "NITRO_EMU_INTERCEPT=", 20) == 0) return 0; /* init's own switch */
     return strncmp(entry, "NITRO_EMU_", 10) == 0 || strncmp(entry, "LD_PRELOAD=", 11) == 0;
 }
 
@@ -120,6 +129,13 @@ int main(int argc, char **argv) {
     sigaction(SIGHUP, &action, NULL);
 
     if (chdir("/") != 0) die("chdir /");
+    int intercept[2] = {-1, -1};
+#ifdef NITRO_EMU_WITH_INTERCEPT
+    const char *wanted = getenv("NITRO_EMU_INTERCEPT");
+    if (wanted != NULL && strcmp(wanted, "1") == 0 && ne_intercept_available(cmd[0]) == 0 &&
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, intercept) != 0)
+        die("socketpair");
+#endif
     child = fork();
     if (child < 0) die("fork");
     if (child == 0) {
@@ -132,10 +148,27 @@ int main(int argc, char **argv) {
         setsid();
         setpgid(0, 0);
         if (putenv(DEFAULT_PATH_ENV) != 0) die("putenv");
+#ifdef NITRO_EMU_WITH_INTERCEPT
+        if (intercept[1] >= 0) {
+            close(intercept[0]);
+            ne_intercept_child(intercept[1]);
+        }
+#endif
         execvpe(cmd[0], cmd, env);
         fprintf(stderr, "execvpe: %s: %s\n", cmd[0], strerror(errno));
         exit(1);
     }
+#ifdef NITRO_EMU_WITH_INTERCEPT
+    if (intercept[0] >= 0) {
+        close(intercept[1]);
+        if (ne_intercept_serve(intercept[0], cmd[0]) != 0 && notify_fd >= 0) {
+            kill(-child, SIGKILL); /* filtered, but nobody can serve it */
+            return 1;
+        }
+    }
+#else
+    (void) intercept;
+#endif
     for (;;) {
         int status;
         pid_t pid = wait(&status);

@@ -24,6 +24,11 @@ from emulator.errors import NitroCliError
 from emulator.settings import Settings
 
 SOURCE = Path(__file__).resolve().parent / "nitro_cli_init.c"
+#: The syscall interceptor, compiled into init (docs/shim.md): init serves it itself, so it
+#: stays PID 1 and the command's parent. Named by path, not imported: emulator.shim.intercept
+#: looks at this module's EXTRA_LAYOUT.
+INTERCEPT_SOURCE = Path(__file__).resolve().parents[1] / "shim" / "nitro_emu_intercept.c"
+_INTERCEPT_FLAGS = ("-pthread", "-DNITRO_EMU_WITH_INTERCEPT", f"-I{INTERCEPT_SOURCE.parent}")
 BINARY_NAME = Path(ENCLAVE_INIT).name
 ENCLAVE_INIT_DIR = str(Path(ENCLAVE_INIT).parent)
 #: EnclaveInfo.extra key that says which layout the enclave's EIF has.
@@ -52,7 +57,10 @@ def _compilers() -> list[list[str]]:
 
 def ensure_init(settings: Settings) -> Path:
     """The directory holding the compiled init (built on first use). Raises InitBuildError."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    hasher = hashlib.sha256(SOURCE.read_bytes())
+    hasher.update(INTERCEPT_SOURCE.read_bytes())
+    hasher.update(repr(_INTERCEPT_FLAGS[:2]).encode())
+    digest = hasher.hexdigest()[:16]
     target = settings.cache_dir / "init" / digest
     if (target / BINARY_NAME).is_file():
         return target
@@ -67,7 +75,7 @@ def ensure_init(settings: Settings) -> Path:
     try:
         errors = []
         for compiler in compilers:
-            command = [*compiler, "-O2", "-Wall", "-o", str(staging / BINARY_NAME), str(SOURCE)]
+            command = [*compiler, "-O2", "-Wall", *_INTERCEPT_FLAGS, "-o", str(staging / BINARY_NAME), str(SOURCE)]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode == 0:
                 break

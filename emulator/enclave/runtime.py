@@ -203,21 +203,34 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
     from emulator.enclave.nitro_cli_init import init_extras
     from emulator.enclave.supervisor import make_runtime_dirs
     from emulator.shim.build import container_extras as shim_extras
+    from emulator.shim.intercept import container_extras as intercept_extras
 
     from emulator.transport.engine import EngineTransportError
     from emulator.transport.selection import transport_named
 
     run_dir = make_runtime_dirs(settings, info.cid)
-    extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras, init_extras))
+    # the interceptor last: its launcher, if any, runs first (nitro-cli EIFs: init serves it)
+    extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras, init_extras, intercept_extras))
     transport = transport_named(str(info.extra.get("transport", "host")))
     try:
-        kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir,
-                                    extras=extras, transport=transport)
+        image_config = None
+        if extras.entrypoint_prefix:
+            image_config = client.images.get(info.image_tag).attrs.get("Config") or {}
+        kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir, extras=extras,
+                                    image_config=image_config, transport=transport)
         kwargs.pop("detach", None)
         container = client.containers.create(**kwargs)
-        transport.populate(container, extras.mounts)
+        try:
+            transport.populate(container, extras.mounts)
+            if extras.entrypoint_prefix and image_config is not None:
+                _check_command(client, str(container.id), kwargs, len(extras.entrypoint_prefix), image_config)
+        except BaseException:
+            container.remove(force=True)
+            raise
         return container
     except EmulatorError as error:  # the transport's own failures
+        if isinstance(error, NitroCliError):
+            raise
         raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
     except docker.errors.ImageNotFound as error:
         raise nitro_cli_error(
@@ -250,6 +263,36 @@ def _transport_for(settings: Settings, client: docker.DockerClient) -> Choice:
         return choose(settings, client)
     except EmulatorError as error:
         raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
+
+
+def _check_command(client: docker.DockerClient, container_id: str, kwargs: dict[str, Any], prefix: int,
+                   image_config: dict[str, Any]) -> None:
+    """Docker's own check that the command exists (``docker start``: "executable file not
+    found") sees only a launcher in front of it (the syscall interceptor): repeat it on the
+    created container, so such an enclave still fails to boot (E36) instead of exiting."""
+    import docker.errors
+
+    argv = [*kwargs["entrypoint"][prefix:], *kwargs.get("command", [])]
+    name = argv[0]
+    env = dict(item.partition("=")[::2] for item in image_config.get("Env") or [])
+    if "/" in name:
+        candidates = [name if name.startswith("/") else f"{image_config.get('WorkingDir') or '/'}/{name}"]
+    else:
+        path = env.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        candidates = [f"{directory or '.'}/{name}" for directory in path.split(":")]
+    for candidate in candidates:
+        try:
+            stream, _ = client.api.get_archive(container_id, candidate)
+        except docker.errors.NotFound:
+            continue
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+        return
+    raise nitro_cli_error(
+        "EnclaveBootFailure",
+        detail=f'Docker could not start the enclave: exec: "{name}": executable file not found in the image',
+    )
 
 
 def _boot(

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[3]
 SUITES = (
     "tests/integration/vsock",
     "tests/integration/shim/test_shim_docker.py",
+    "tests/integration/shim/test_intercept_docker.py",
     "tests/integration/testing/test_pytest_plugin.py",
     "tests/integration/enclave/test_runtime.py",
 )
@@ -66,6 +67,11 @@ def _run_on_laptop(root: Path, command: Sequence[str], *, transport: str, timeou
     )
     env = dict(os.environ, NITRO_EMU_TRANSPORT=transport, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
     env.pop("XDG_CACHE_HOME", None)
+    # The toolchains a laptop has installed stay where they are (rustup's, cargo's registry).
+    real_home = Path(os.path.expanduser("~"))
+    for name, default in (("RUSTUP_HOME", real_home / ".rustup"), ("CARGO_HOME", real_home / ".cargo")):
+        if name not in env and default.is_dir():
+            env[name] = str(default)
     env.pop("PYTEST_XDIST_WORKER", None)
     return subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "laptop", *command],

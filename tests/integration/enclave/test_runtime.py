@@ -102,9 +102,12 @@ def test_enclaves_are_isolated_and_attested_as_built(  # type: ignore[no-untyped
     assert set(host["Tmpfs"]) == {"/tmp", "/run"}
     record = read_record(Settings(home=nitro_home), run["EnclaveID"])
     assert record is not None
-    if record.extra["transport"] == "engine":  # one volume, no path of the host at all
-        assert [(m["Type"], m["Name"], m["Destination"], m["RW"]) for m in container.attrs["Mounts"]] == [
-            ("volume", f"nitro-emu-{run['EnclaveID']}", "/run/nitro-emu", True)]
+    if record.extra["transport"] == "engine":  # one volume, no path of the host (but /dev/null as /dev/nsm)
+        mounts = sorted((m["Type"], m.get("Name") or m["Source"], m["Destination"], m["RW"])
+                        for m in container.attrs["Mounts"])
+        assert ("volume", f"nitro-emu-{run['EnclaveID']}", "/run/nitro-emu", True) in mounts
+        assert set(mounts) - {("volume", f"nitro-emu-{run['EnclaveID']}", "/run/nitro-emu", True)} <= {
+            ("bind", "/dev/null", "/dev/nsm", False)}
     else:
         binds = {m["Source"]: m for m in container.attrs["Mounts"] if m["Type"] == "bind"}
         run_dir, parent = str(nitro_home / "run" / "16"), str(nitro_home / "run" / "parent")

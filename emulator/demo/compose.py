@@ -1,22 +1,16 @@
-"""Prepare the confidential-service demo as a compose stack (``docker-compose.yml``).
+"""Prepare docker-compose.yml's images where no container registry answers (``make compose``).
 
-    python -m emulator.demo.compose          # writes build/compose/, then:
-    docker compose up                        # or docker-compose up (v1)
+    python -m emulator.demo.compose
+    NITRO_EMU_COMPOSE_BASE=nitro-emu-demo/tools:latest NITRO_EMU_COMPOSE_INSTALL=none \
+        docker compose up --build --abort-on-container-exit --exit-code-from parent
 
-Compose cannot run build-enclave, so this step does what the stack needs from the host,
-without any container registry:
-
-- ``build/compose/tools/``: the build context of ``nitro-emu-demo/tools`` (the NSM and
-  parent services): nitro-emu's packages and the example client, FROM the local Debian
-  image ``nitro-emu/crypto:bookworm`` (debootstrap'd from Debian's packages: python3,
-  cbor2, cryptography, docker...). Debian's cryptography (38) and cbor2 (5.4) are older than
-  nitro-emu needs, so the host's versions of cryptography, cffi, pycparser and cbor2 are
-  fetched as manylinux wheels with pip (``pip download``; pip's cache makes repeats offline) and
-  unpacked into ``site/``, which the image puts first on ``PYTHONPATH``;
-- the enclave's EIF (built from the staged context), whose application image is loaded
-  from the EIF and tagged ``nitro-emu-demo/enclave:latest``: compose runs what was measured;
-- ``nsm-args`` (``--pcr 0=... --pcr 1=... --pcr 2=...``, the EIF's PCRs for the NSM
-  service) and ``measurements.json`` (build-enclave's output, the parent's expectation).
+On a machine whose engine reaches a registry none of this is needed: the compose image builds
+FROM ``python:3.11-slim`` and ``pip install`` s nitro-emu. Here, it builds FROM
+``nitro-emu-demo/tools``, which this step makes FROM the local Debian image
+``nitro-emu/crypto:bookworm`` (debootstrap'd from Debian's packages). Debian's cryptography,
+cbor2 and Docker SDK are older than nitro-emu needs, so the host's versions of those and their
+dependencies are fetched as manylinux wheels with pip (``pip download``; pip's cache makes
+repeats offline) and unpacked into ``site/``, first on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -42,6 +36,8 @@ WHEELS: tuple[str, ...] = (
     "cryptography", "cffi", "pycparser", "cbor2", "PyYAML",
     # the parent's boto3, for the KMS step
     "boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3",
+    # the parent drives the engine: the Docker SDK as nitro-emu is tested with
+    "docker", "requests", "idna", "certifi", "charset-normalizer",
 )
 _PACKAGES = ("ca", "fake_nsm", "emulator")
 # glibc of Debian bookworm is 2.36: every manylinux tag up to 2_34 runs on it.
@@ -90,11 +86,15 @@ def _copy_packages(destination: Path) -> None:
 
 
 def prepare(out: Path, *, docker: Any | None = None, say: Any = print) -> dict[str, str]:
-    """Write everything docker-compose.yml needs under ``out``; return the images it uses."""
+    """Build the local images docker-compose.yml needs where no registry answers.
+
+    The crypto base image (debootstrap'd), and ``nitro-emu-demo/tools`` FROM it: nitro-emu's
+    dependencies as the host has them (wheels), which the compose image uses as its ``BASE``
+    with ``INSTALL=none``. Returns the images.
+    """
+    from docker.errors import APIError, BuildError
+
     from emulator.engine.client import docker_client
-    from emulator.eif.file import read_eif
-    from emulator.testing.images import EnclaveBuilder
-    from emulator.eif.ramdisk import load_enclave_image
 
     docker = docker or docker_client()
     out = out.absolute()
@@ -109,25 +109,13 @@ def prepare(out: Path, *, docker: Any | None = None, say: Any = print) -> dict[s
     for name in ("client.py", "protocol.py"):
         shutil.copy2(EXAMPLE_DIR / name, tools / "example" / name)
     (tools / "Dockerfile").write_text(TOOLS_DOCKERFILE)
-    # nitro-cli's vsock-proxy allowlist format: the kms service's own KMS, and nothing else
-    (out / "vsock-proxy.yaml").write_text("allowlist:\n- {address: 127.0.0.1, port: 4000}\n")
-
-    context = stage_enclave_context(out / "enclave-context")
-    builder = EnclaveBuilder(lambda: docker)  # the shared EIF cache (~/.cache/nitro-emu/eif)
-    built = builder.from_dockerfile(context, build_args={"BASE": CRYPTO_IMAGE})
-    eif = read_eif(built.eif_path)
-    loaded = load_enclave_image(docker, eif)
-    repository, _, tag = ENCLAVE_IMAGE.partition(":")
-    docker.images.get(loaded).tag(repository, tag)
-    pcrs = built.measurements.pcrs()
-    (out / "nsm-args").write_text(" ".join(f"--pcr {i}={v.hex()}" for i, v in sorted(pcrs.items())) + "\n")
-    (out / "measurements.json").write_text(
-        json.dumps({"Measurements": built.measurements.to_nitro_cli_json()}, indent=2) + "\n"
-    )
-    for index, value in sorted(pcrs.items()):
-        say(f"PCR{index} {value.hex()}")
-    say(f"enclave image {ENCLAVE_IMAGE} (loaded from {built.eif_path.name}); tools context {tools}")
-    return {"enclave": ENCLAVE_IMAGE, "tools": TOOLS_IMAGE, "loaded": loaded}
+    try:
+        docker.images.build(path=str(tools), tag=TOOLS_IMAGE, rm=True, forcerm=True, pull=False)
+    except (BuildError, APIError) as error:
+        raise DemoError(f"building {TOOLS_IMAGE} failed: {error}") from error
+    say(f"tools image {TOOLS_IMAGE}; now: NITRO_EMU_COMPOSE_BASE={TOOLS_IMAGE} NITRO_EMU_COMPOSE_INSTALL=none "
+        "docker compose up --build")
+    return {"tools": TOOLS_IMAGE, "base": CRYPTO_IMAGE}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except (EmulatorError, OSError) as error:
         print(f"compose preparation failed: {error}", file=sys.stderr)
         return 1
-    print("ready: docker compose up   (or: docker-compose up)")
+    print(f"ready: NITRO_EMU_COMPOSE_BASE={TOOLS_IMAGE} NITRO_EMU_COMPOSE_INSTALL=none docker compose up --build")
     return 0
 
 

@@ -189,6 +189,8 @@ def run_demo(*, keep: bool = False, purge: bool = False, secret: bytes = b"corre
             handle = factory.start(spec, name="confidential-service")
             caches.append(handle.info.image_tag)
             out.detail(f"enclave {handle.enclave_id}, CID {handle.cid}, {handle.info.memory_mib} MiB")
+            out.detail(f"transport: {handle.info.extra.get('transport', 'host')} "
+                       f"({handle.info.extra.get('transport_reason', '')})")
 
             out.next("parent client: attest, verify, then send a sealed secret")
             with handle.connect(SERVICE_PORT) as sock:

@@ -4,6 +4,8 @@
 |---|---|
 | ``client`` | the Docker SDK client, engine errors, image checks |
 | ``base_image`` | the Debian base image (debootstrap where no registry answers) |
+| ``image_load`` | a one-layer image given to ``docker load``, its layer streamed |
+| ``tar_stream`` | tar headers packed without tarfile, and a tar streamed from file ranges |
 """
 
 from __future__ import annotations

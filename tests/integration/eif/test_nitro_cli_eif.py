@@ -344,3 +344,46 @@ def test_build_enclave_format_nitro_cli_runs_like_nitro_cli_and_the_crate_agrees
         base64.b64decode(probe["doc"]), trusted_roots=[root], nonce=b"cli-nonce", allow_debug=False,
     )
     assert {i: document.pcrs[i] for i in (0, 1, 2)} == measurements.pcrs()
+
+
+def test_names_and_links_past_ustar_land_where_the_cpio_put_them(docker_client: Any, tmp_path: Path) -> None:
+    """The engine's tar reader, given our headers: a ustar prefix split, PAX path/linkpath/uid."""
+    from emulator.eif.file import read_eif, write_eif
+    from emulator.eif.nitro_cli_layout import load_nitro_cli_image
+    from emulator.eif.ramdisk import EnclaveImageLoadError
+
+    split = "a" * 90 + "/" + "b" * 60 + "/" + "c" * 80  # 232 bytes: prefix "a.../b...", name "c..."
+    single = "d" * 200  # one component over 100 bytes: a PAX path
+    target = "/" + "t" * 250 + "/x"  # a symlink target over 100 bytes: a PAX linkpath
+    out = io.BytesIO()
+    writer = CpioWriter(out)
+    writer.add("rootfs", 0o040755)
+    for directory in ("a" * 90, "a" * 90 + "/" + "b" * 60):
+        writer.add(f"rootfs/{directory}", 0o040755, mtime=1700000000)
+    writer.add(f"rootfs/{split}", 0o100640, b"split\n", uid=3_000_000, gid=7, mtime=1700000001)
+    writer.add(f"rootfs/{single}", 0o100644, b"single\n", mtime=1700000002)
+    writer.add("rootfs/far", 0o120777, target.encode(), mtime=1700000003)
+    writer.add("cmd", 0o100644, b"/bin/true\n")
+    writer.add("env", 0o100644, b"")
+    writer.finish()
+    path = tmp_path / "long.eif"
+    write_eif(path, kernel=b"kernel", cmdline=CMDLINE.encode(), metadata=b"{}",
+              ramdisks=[bootstrap_ramdisk(), out.getvalue()])
+    tag = "nitro-emu-test/long-names:" + os.urandom(6).hex()
+    load_nitro_cli_image(docker_client, read_eif(path), tag, {"org.nitro-emu.test": "long-names"},
+                         error=EnclaveImageLoadError)
+    container = docker_client.containers.create(tag, labels={"org.nitro-emu.test": "long-names"})
+    try:
+        for name, body, uid, mtime in ((split, b"split\n", 3_000_000, 1700000001),
+                                       (single, b"single\n", 0, 1700000002)):
+            chunks, found = container.get_archive(f"/{name}")  # from the container's filesystem
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+                (member,) = archive.getmembers()
+                assert archive.extractfile(member).read() == body  # type: ignore[union-attr]
+            assert (member.uid, member.mtime) == (uid, mtime)
+            assert found["name"] == posixpath.basename(name) and found["size"] == len(body)
+        _, link = container.get_archive("/far")
+        assert link["linkTarget"] == target and link["mode"] & (1 << 27)  # Go's os.ModeSymlink
+    finally:
+        container.remove(force=True)
+        docker_client.images.remove(tag, force=True)

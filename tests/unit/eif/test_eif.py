@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import cbor2
+import docker.errors
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,7 +30,7 @@ from emulator.eif.file import EifFileError, read_eif, write_eif
 from emulator.eif.format import EifFormatError, SectionType, crc32_combine
 from emulator.eif.measurements import PcrHasher, ThreadedPcrHasher
 from emulator.eif.signing import EifSigner, SigningError, pcr_info_payload
-from emulator.eif.ramdisk import CONFIG_MEMBER, read_ramdisk_config, write_canonical_archive
+from emulator.eif.ramdisk import CONFIG_MEMBER, load_enclave_image, read_ramdisk_config, write_canonical_archive
 
 KERNEL, CMDLINE, METADATA = b"K" * 1000, b"console=ttyS0", b'{"ImageName":"x"}'
 BOOT, APP = b"boot-ramdisk" * 50, bytes(range(256)) * 40
@@ -500,3 +501,26 @@ def test_a_threaded_pcr_hasher_measures_what_a_plain_one_does() -> None:
                 assert threaded.copy().pcr() == plain.copy().pcr()
         assert threaded.pcr() == plain.pcr()
     assert threading.active_count() == before  # close() ended its thread
+
+
+class _NoImages:
+    """A Docker client whose engine has no images and must never be asked to load one."""
+
+    class images:  # noqa: N801 - the SDK's attribute name
+        @staticmethod
+        def get(name: str) -> None:
+            raise docker.errors.ImageNotFound(name)
+
+        @staticmethod
+        def load(data: object) -> None:
+            raise AssertionError("the engine was sent an archive")
+
+
+def test_a_config_member_claiming_more_than_its_ramdisk_is_refused_before_loading(tmp_path: Path) -> None:
+    header = tarfile.TarInfo(CONFIG_MEMBER)
+    header.size = 1 << 20  # the JSON below is complete, but the member claims 1 MiB
+    ramdisk = header.tobuf(format=tarfile.PAX_FORMAT) + b"{}"
+    write_sample(tmp_path / "a.eif", ramdisks=(BOOT, ramdisk))
+    eif = read_eif(tmp_path / "a.eif")
+    with pytest.raises(EifFormatError, match="claims more bytes than the application ramdisk holds"):
+        load_enclave_image(_NoImages(), eif)  # type: ignore[arg-type]

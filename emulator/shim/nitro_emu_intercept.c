@@ -85,6 +85,8 @@ struct ne_sock_fprog { unsigned short len; struct ne_sock_filter *filter; };
 #define IOCTL_NOTIF_SEND IOC(3, 1, sizeof(struct ne_notif_resp))
 #define IOCTL_NOTIF_ID_VALID IOC(1, 2, sizeof(uint64_t))
 #define IOCTL_NOTIF_ADDFD IOC(1, 3, sizeof(struct ne_notif_addfd))
+#define IOCTL_NOTIF_SET_FLAGS IOC(1, 4, sizeof(uint64_t))
+#define USER_NOTIF_FD_SYNC_WAKE_UP 1ull
 
 #define BPF_LD_W_ABS 0x20
 #define BPF_JEQ_K 0x15
@@ -1392,6 +1394,11 @@ static int ne_intercept_serve(int sock, const char *command)
         say_without(why, command);
         return -1;
     }
+    /* Linux 6.6: wake the handler on the caller's CPU, as a switch rather than a wakeup (the
+     * round trip of a trapped call that is not ours is most of the filter's cost) */
+    uint64_t sync_wake = USER_NOTIF_FD_SYNC_WAKE_UP;
+    if (ioctl(notify_fd, IOCTL_NOTIF_SET_FLAGS, sync_wake) != 0 && debug)
+        warn("no SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): plain wakeups");
     pthread_t thread;
     if (pthread_create(&thread, NULL, serve, NULL) != 0 || pthread_create(&thread, NULL, sweeper, NULL) != 0) {
         warn("cannot start the handler threads");

@@ -15,24 +15,25 @@
  * LD_PRELOAD shim (nitro_emu_shim.c), whose behaviour it follows call by call.
  *
  * The filter traps only: ioctl with request 0xC0200A00 (NSM_IOCTL_RAW), socket with domain
- * AF_VSOCK, and bind, connect, listen,
- * accept, accept4, getsockname, getpeername. /dev/nsm itself is no trap: run-enclave bind
- * mounts a /dev/null node there (emulator/shim/intercept.py), so open, close, dup, fstat and
- * poll are the kernel's own; an ioctl is ours when /proc/<pid>/fd/<fd> names /dev/nsm.
- * A VSOCK socket is an AF_UNIX stream socket the handler made and handed over with
+ * AF_VSOCK, and bind, connect, listen, accept, accept4, getsockname, getpeername (native ABI
+ * only: x32 and 32-bit compat calls pass untranslated). /dev/nsm itself is no trap:
+ * run-enclave bind-mounts a /dev/null node there (emulator/shim/intercept.py), so open, close,
+ * dup, fstat and poll are the kernel's own; an ioctl is ours when /proc/<pid>/fd/<fd> names
+ * /dev/nsm. A VSOCK socket is an AF_UNIX stream socket the handler made and handed over with
  * SECCOMP_IOCTL_NOTIF_ADDFD; it is known by its socket inode. The handler keeps its own copy
  * until the socket is connected (it binds, listens, connects and accepts on that copy, since
  * Docker's default seccomp profile refuses pidfd_getfd), and drops it once no process of the
- * container holds the socket any more (a scan of /proc/<pid>/fd, twice a second). Every trapped call on anything
- * else is let through with SECCOMP_USER_NOTIF_FLAG_CONTINUE. CONTINUE is only safe for a
- * decision that is not about security (seccomp_unotify(2)): another thread of the program
- * can swap the fd or the memory between our look and the kernel's; here the worst it gets is
- * its own call untranslated, which it could have made anyway.
+ * container holds the socket any more (a scan of /proc/<pid>/fd, twice a second). Every
+ * trapped call on anything else is let through with SECCOMP_USER_NOTIF_FLAG_CONTINUE.
+ * CONTINUE is only safe for a decision that is not about security (seccomp_unotify(2)):
+ * another thread of the program can swap the fd or the memory between our look and the
+ * kernel's; here the worst it gets is its own call untranslated, which it could have made.
  *
  * Kernel: user notification 5.0, ADDFD 5.9, ADDFD_FLAG_SEND 5.14;
  * SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (5.19) is used when present, so a signal cannot
  * interrupt (and restart, so repeat) an NSM request the handler has already taken. Missing
  * features: a warning on stderr (the enclave's console) and COMMAND runs without the filter.
+ * SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6) is asked for when present: a faster round trip.
  */
 #define _GNU_SOURCE
 #include <dirent.h>

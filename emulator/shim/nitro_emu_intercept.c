@@ -231,7 +231,8 @@ struct vsock {
     int pending[MAX_PENDING]; /* listener: accepted for a caller who left before taking it */
     int npending;
     int held;                 /* our copy while we may still need it (not yet connected) */
-    uint64_t born;            /* generation: a scan never drops what it could not have seen */
+    uint64_t born;            /* generation: a scan never drops what it could not have seen
+                               * (UINT64_MAX until the caller has the fd) */
     dev_t path_dev;           /* listener: its socket file, removed when it is released */
     ino_t path_ino;
 };
@@ -264,7 +265,7 @@ static int vs_put(const struct vsock *info)
         }
         fresh->ino = info->ino;
         fresh->held = -1;
-        fresh->born = ++generation;
+        fresh->born = UINT64_MAX; /* not in the caller's table yet: vs_delivered() */
         *where = fresh;
         table_count++;
     }
@@ -279,6 +280,16 @@ static int vs_put(const struct vsock *info)
     entry->path_ino = info->path_ino;
     pthread_mutex_unlock(&table_lock);
     return 0;
+}
+
+/* The caller has the socket now (ADDFD returned): from here on a scan may find it gone. */
+static void vs_delivered(unsigned long ino)
+{
+    pthread_mutex_lock(&table_lock);
+    struct vsock *entry = *slot_of(ino);
+    if (entry != NULL)
+        entry->born = ++generation;
+    pthread_mutex_unlock(&table_lock);
 }
 
 /* Keep fd as our copy of socket ino (or, fd -1: close the copy, it is needed no more). */
@@ -754,6 +765,7 @@ static void on_socket(const struct ne_notif *n)
             respond(n->id, 0, failed, 0);
         return;
     }
+    vs_delivered(info.ino);
     vs_hold(info.ino, fd); /* needed for listen, connect and accept */
 }
 
@@ -943,6 +955,7 @@ static void on_accept(const struct ne_notif *n, struct vsock *info, int fd, int 
     if (error == 0)
         error = sockaddr_vm_out(n->pid, n->data.args[1], n->data.args[2], child.peer_cid, child.peer_port);
     if (error == 0 && hand_over(n->id, conn, flags & SOCK_CLOEXEC) >= 0) {
+        vs_delivered(child.ino);
         close(conn);
         return;
     }

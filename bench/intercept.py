@@ -1,7 +1,8 @@
 """What the syscall interceptor costs a program that never touches /dev/nsm or AF_VSOCK.
 
 One static C loop program, run directly (baseline) and under the interceptor's launcher in
-the same run, each scenario repeated (median reported, ratio against the baseline):
+the same run, alternately, each scenario repeated (median reported, ratio against the
+baseline):
 
 - ``files``: ``openat`` of another file + ``fstat`` + ``close``: not trapped at all (the
   filter only looks at the syscall number and, for ioctl and socket, one argument);
@@ -11,7 +12,7 @@ the same run, each scenario repeated (median reported, ratio against the baselin
   AF_VSOCK socket by its fd), so this is the price of a round trip to the handler that answers
   CONTINUE. bind, connect, listen, accept and getpeername on other sockets pay the same.
 
-    .venv/bin/python bench/intercept.py [--loops 200000] [--runs 5]
+    .venv/bin/python bench/intercept.py [--loops 200000] [--runs 9]
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def run_loop(prefix: list[str], binary: Path, mode: str, loops: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loops", type=int, default=200_000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
     print(f"machine: {_machine.machine(system=True, load=True)}")
     with tempfile.TemporaryDirectory(prefix="interceptb-") as tmp:
@@ -96,9 +97,11 @@ def main() -> None:
         subprocess.run([compiler, "-static", "-O2", "-o", str(directory / "loop"), str(directory / "loop.c")],
                        check=True)
         for mode in MODES:
-            base = statistics.median(run_loop([], directory / "loop", mode, args.loops) for _ in range(args.runs))
-            under = statistics.median(run_loop([str(launcher)], directory / "loop", mode, args.loops)
-                                      for _ in range(args.runs))
+            # interleaved, so that the other tenants' load falls on both sides alike
+            pairs = [(run_loop([], directory / "loop", mode, args.loops),
+                      run_loop([str(launcher)], directory / "loop", mode, args.loops)) for _ in range(args.runs)]
+            base = statistics.median(pair[0] for pair in pairs)
+            under = statistics.median(pair[1] for pair in pairs)
             print(f"{mode:12s} x{args.loops}: {base / args.loops * 1e9:7.0f} ns without, "
                   f"{under / args.loops * 1e9:7.0f} ns under the interceptor (ratio {under / base:.3f})")
 

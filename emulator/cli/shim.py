@@ -2,6 +2,7 @@
 
     nitro-emu exec -- python3 my_parent.py     # its AF_VSOCK sockets reach the enclaves
     eval "$(nitro-emu exec --print-env)"       # the same, for the rest of this shell
+    nitro-emu exec --intercept -- ./go-parent  # a static or Go parent: the syscall interceptor
 
 The program runs as the parent instance (CID 3) of the enclaves in ``$NITRO_EMU_HOME``
 (docs/shim.md).
@@ -38,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="store_true",
         help="print `export LD_PRELOAD=... NITRO_EMU_HOME=...` and exit",
     )
+    parser.add_argument(
+        "--intercept",
+        action="store_true",
+        help="also run COMMAND under the syscall interceptor (static binaries, Go, raw syscalls)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     parser.set_defaults(handler=_exec)
 
@@ -62,6 +68,10 @@ def _exec(args: argparse.Namespace) -> int:
         print("nitro-emu exec: error: give a command after --, e.g. "
               "`nitro-emu exec -- python3 parent.py`", file=sys.stderr)
         return 2
+    if args.intercept:
+        from emulator.shim.intercept import ensure_interceptor
+
+        command = [str(ensure_interceptor()), "--", *command]
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -15,24 +15,25 @@
  * LD_PRELOAD shim (nitro_emu_shim.c), whose behaviour it follows call by call.
  *
  * The filter traps only: ioctl with request 0xC0200A00 (NSM_IOCTL_RAW), socket with domain
- * AF_VSOCK, and bind, connect, listen,
- * accept, accept4, getsockname, getpeername. /dev/nsm itself is no trap: run-enclave bind
- * mounts a /dev/null node there (emulator/shim/intercept.py), so open, close, dup, fstat and
- * poll are the kernel's own; an ioctl is ours when /proc/<pid>/fd/<fd> names /dev/nsm.
- * A VSOCK socket is an AF_UNIX stream socket the handler made and handed over with
+ * AF_VSOCK, and bind, connect, listen, accept, accept4, getsockname, getpeername (native ABI
+ * only: x32 and 32-bit compat calls pass untranslated). /dev/nsm itself is no trap:
+ * run-enclave bind-mounts a /dev/null node there (emulator/shim/intercept.py), so open, close,
+ * dup, fstat and poll are the kernel's own; an ioctl is ours when /proc/<pid>/fd/<fd> names
+ * /dev/nsm. A VSOCK socket is an AF_UNIX stream socket the handler made and handed over with
  * SECCOMP_IOCTL_NOTIF_ADDFD; it is known by its socket inode. The handler keeps its own copy
  * until the socket is connected (it binds, listens, connects and accepts on that copy, since
  * Docker's default seccomp profile refuses pidfd_getfd), and drops it once no process of the
- * container holds the socket any more (a scan of /proc/<pid>/fd, twice a second). Every trapped call on anything
- * else is let through with SECCOMP_USER_NOTIF_FLAG_CONTINUE. CONTINUE is only safe for a
- * decision that is not about security (seccomp_unotify(2)): another thread of the program
- * can swap the fd or the memory between our look and the kernel's; here the worst it gets is
- * its own call untranslated, which it could have made anyway.
+ * container holds the socket any more (a scan of /proc/<pid>/fd, twice a second). Every
+ * trapped call on anything else is let through with SECCOMP_USER_NOTIF_FLAG_CONTINUE.
+ * CONTINUE is only safe for a decision that is not about security (seccomp_unotify(2)):
+ * another thread of the program can swap the fd or the memory between our look and the
+ * kernel's; here the worst it gets is its own call untranslated, which it could have made.
  *
  * Kernel: user notification 5.0, ADDFD 5.9, ADDFD_FLAG_SEND 5.14;
  * SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (5.19) is used when present, so a signal cannot
  * interrupt (and restart, so repeat) an NSM request the handler has already taken. Missing
  * features: a warning on stderr (the enclave's console) and COMMAND runs without the filter.
+ * SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6) is asked for when present: a faster round trip.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -85,6 +86,8 @@ struct ne_sock_fprog { unsigned short len; struct ne_sock_filter *filter; };
 #define IOCTL_NOTIF_SEND IOC(3, 1, sizeof(struct ne_notif_resp))
 #define IOCTL_NOTIF_ID_VALID IOC(1, 2, sizeof(uint64_t))
 #define IOCTL_NOTIF_ADDFD IOC(1, 3, sizeof(struct ne_notif_addfd))
+#define IOCTL_NOTIF_SET_FLAGS IOC(1, 4, sizeof(uint64_t))
+#define USER_NOTIF_FD_SYNC_WAKE_UP 1ull
 
 #define BPF_LD_W_ABS 0x20
 #define BPF_JEQ_K 0x15
@@ -228,7 +231,8 @@ struct vsock {
     int pending[MAX_PENDING]; /* listener: accepted for a caller who left before taking it */
     int npending;
     int held;                 /* our copy while we may still need it (not yet connected) */
-    uint64_t born;            /* generation: a scan never drops what it could not have seen */
+    uint64_t born;            /* generation: a scan never drops what it could not have seen
+                               * (UINT64_MAX until the caller has the fd) */
     dev_t path_dev;           /* listener: its socket file, removed when it is released */
     ino_t path_ino;
 };
@@ -261,7 +265,7 @@ static int vs_put(const struct vsock *info)
         }
         fresh->ino = info->ino;
         fresh->held = -1;
-        fresh->born = ++generation;
+        fresh->born = UINT64_MAX; /* not in the caller's table yet: vs_delivered() */
         *where = fresh;
         table_count++;
     }
@@ -276,6 +280,16 @@ static int vs_put(const struct vsock *info)
     entry->path_ino = info->path_ino;
     pthread_mutex_unlock(&table_lock);
     return 0;
+}
+
+/* The caller has the socket now (ADDFD returned): from here on a scan may find it gone. */
+static void vs_delivered(unsigned long ino)
+{
+    pthread_mutex_lock(&table_lock);
+    struct vsock *entry = *slot_of(ino);
+    if (entry != NULL)
+        entry->born = ++generation;
+    pthread_mutex_unlock(&table_lock);
 }
 
 /* Keep fd as our copy of socket ino (or, fd -1: close the copy, it is needed no more). */
@@ -751,6 +765,7 @@ static void on_socket(const struct ne_notif *n)
             respond(n->id, 0, failed, 0);
         return;
     }
+    vs_delivered(info.ino);
     vs_hold(info.ino, fd); /* needed for listen, connect and accept */
 }
 
@@ -940,6 +955,7 @@ static void on_accept(const struct ne_notif *n, struct vsock *info, int fd, int 
     if (error == 0)
         error = sockaddr_vm_out(n->pid, n->data.args[1], n->data.args[2], child.peer_cid, child.peer_port);
     if (error == 0 && hand_over(n->id, conn, flags & SOCK_CLOEXEC) >= 0) {
+        vs_delivered(child.ino);
         close(conn);
         return;
     }
@@ -1392,6 +1408,11 @@ static int ne_intercept_serve(int sock, const char *command)
         say_without(why, command);
         return -1;
     }
+    /* Linux 6.6: wake the handler on the caller's CPU, as a switch rather than a wakeup (the
+     * round trip of a trapped call that is not ours is most of the filter's cost) */
+    uint64_t sync_wake = USER_NOTIF_FD_SYNC_WAKE_UP;
+    if (ioctl(notify_fd, IOCTL_NOTIF_SET_FLAGS, sync_wake) != 0 && debug)
+        warn("no SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): plain wakeups");
     pthread_t thread;
     if (pthread_create(&thread, NULL, serve, NULL) != 0 || pthread_create(&thread, NULL, sweeper, NULL) != 0) {
         warn("cannot start the handler threads");

@@ -223,3 +223,19 @@ def test_a_listen_waiting_for_the_flock_does_not_stop_other_calls(launcher: Path
     result = subprocess.run([str(launcher), sys.executable, "-c", LOCK_HOLDER], capture_output=True, text=True,
                             env=env, timeout=30, check=False)
     assert result.stdout.split() == ["BOUND", "LISTENING"], result.stderr
+
+
+def test_parent_side_static_program_through_nitro_emu_exec(settings: Settings, launcher: Path) -> None:
+    """``nitro-emu exec --intercept``: a static parent program (CID 3) gets AF_VSOCK too."""
+    from tests.integration.shim import toolchains
+
+    static = str(toolchains.c_probe(static=True))
+    env = {key: value for key, value in os.environ.items() if key not in ("NITRO_EMU_CID", "NITRO_EMU_VSOCK_ROOT")}
+    result = subprocess.run([sys.executable, "-m", "emulator.cli", "exec", "--intercept", "--", static, "conform",
+                             "8100"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    items = {item["k"]: item["v"] for item in map(json.loads, filter(None, result.stdout.splitlines()))}
+    assert items["listen"] == "ok" and items["sockname_bound"] == "ANY:6000"
+    assert items["client_peername"] == "OWN:6000" and items["accept_peer"] == "OWN:eph"  # OWN is 3 here
+    assert items["eof_after_close"] == "0" and items["done"] == "1"
+    assert (settings.home / "run" / "parent").is_dir()

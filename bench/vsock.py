@@ -1,12 +1,15 @@
 """Benchmark of the VSOCK mirror: throughput (1 and 8 streams), round-trip latency, forwarder.
 
     .venv/bin/python bench/vsock.py [--runs 5] [--mib 512] [--mode auto|container|process]
+                                    [--engine-transport]
 
 Host <-> enclave is measured against a real enclave (run_enclave; ``--mode container``) or,
 without Docker, a second process over the same run-dir layout (``--mode process``). The
 baseline is a plain Unix stream socket between two processes running the same server code,
 measured in the same run. Prints the machine, the median of ``--runs`` runs, and the ratios.
 Targets (issue 5): >= 0.5x plain and >= 1 GB/s with one stream; p50 RTT <= 3x plain.
+``--engine-transport`` adds an enclave on the engine transport (issue 13: 1-stream throughput
+>= 0.3x the host transport's).
 """
 
 from __future__ import annotations
@@ -112,12 +115,14 @@ def process_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[Co
 
 
 @contextlib.contextmanager
-def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[Connect, Connect] | None]]:
-    """A real enclave (Docker) running the same server code.
+def container_enclave(
+    home: Path, transport: str = "host"
+) -> Iterator[tuple[int, set[int] | None, tuple[Connect, Connect] | None]]:
+    """A real enclave (Docker) running the same server code, on ``transport``.
 
-    Also yields connectors to the plain-socket server started inside that enclave: the
-    same container, without the VSOCK addressing, to separate the container's cost from
-    the mirror's.
+    On the host transport, also yields connectors to the plain-socket server started inside
+    that enclave: the same container, without the VSOCK addressing, to separate the
+    container's cost from the mirror's (the engine transport shares no path to reach it by).
     """
     import docker
 
@@ -126,6 +131,7 @@ def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[
 
     client = docker.from_env()
     eif = peer_eif(client, PROGRAM, home.parent / "bench.eif")
+    os.environ["NITRO_EMU_TRANSPORT"] = transport
     info = run_enclave(eif, memory_mib=1024, cpu_count=1)
     try:
         path = Path(vsock.listener_path(info.cid, 5000))
@@ -134,6 +140,9 @@ def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[
             if time.monotonic() > deadline:
                 raise RuntimeError("the enclave never listened on port 5000")
             time.sleep(0.05)
+        if transport != "host":
+            yield info.cid, set(info.host_cpus), None
+            return
         (container,) = client.containers.list(filters={"label": f"org.nitro-emu.enclave-id={info.enclave_id}"})
         inside = PLAIN_SERVER.replace("from emulator.vsock import peer as vsock_peer", "sys.path.insert(0, '/app'); import vsock_peer")
         container.exec_run(
@@ -148,6 +157,64 @@ def container_enclave(home: Path) -> Iterator[tuple[int, set[int] | None, tuple[
     finally:
         terminate_enclave(info.enclave_id)
         client.close()
+
+
+_SINK = "import os\nwhile os.read(0, 1 << 20): pass\n"
+_TCP_SINK = (
+    "import socket\ns = socket.socket()\ns.bind(('0.0.0.0', 7000))\ns.listen(1)\nprint('ready', flush=True)\n"
+    "conn, _ = s.accept()\nwhile conn.recv(1 << 20): pass\n"
+)
+
+
+def carrier_ceilings(total: int) -> dict[str, float]:
+    """Bytes/s of the two carriers an engine transport could use, with no relay at all.
+
+    Into a container's stdin over a Docker API attach stream (what the engine transport
+    uses), and into a TCP port it publishes on 127.0.0.1 (the alternative, see
+    docs/transport.md "Why an attach stream").
+    """
+    import docker
+
+    from emulator.engine.base_image import ensure_base_image
+
+    client = docker.from_env()
+    image = ensure_base_image(client)
+    block = b"z" * (1 << 20)
+    results: dict[str, float] = {}
+    container = client.containers.create(image, ["python3", "-c", _SINK], stdin_open=True, detach=False,
+                                         network_mode="none")
+    try:
+        attached = client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stream": 1})
+        sock = getattr(attached, "_sock", attached)
+        container.start()
+        start = time.monotonic()
+        for _ in range(total >> 20):
+            sock.sendall(block)
+        sock.shutdown(socket.SHUT_WR)
+        container.wait(timeout=120)
+        results["attach stream"] = total / (time.monotonic() - start)
+        sock.close()
+    finally:
+        container.remove(force=True)
+    container = client.containers.run(image, ["python3", "-u", "-c", _TCP_SINK], detach=True,
+                                      ports={"7000/tcp": ("127.0.0.1", None)})
+    try:
+        deadline = time.monotonic() + 30
+        while b"ready" not in container.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        container.reload()
+        port = int(container.attrs["NetworkSettings"]["Ports"]["7000/tcp"][0]["HostPort"])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            start = time.monotonic()
+            for _ in range(total >> 20):
+                sock.sendall(block)
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(1)
+            results["published port"] = total / (time.monotonic() - start)
+    finally:
+        container.remove(force=True)
+        client.close()
+    return results
 
 
 def throughput(connect: Connect, total: int, streams: int) -> float:
@@ -236,6 +303,8 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=512, help="MiB per throughput run")
     parser.add_argument("--pings", type=int, default=5000)
     parser.add_argument("--mode", choices=("auto", "container", "process"), default="auto")
+    parser.add_argument("--engine-transport", action="store_true",
+                        help="also an enclave on the engine transport (docs/transport.md), as a ratio to the host's")
     args = parser.parse_args()
     mode = args.mode
     if mode == "auto":
@@ -253,13 +322,19 @@ def main() -> int:
         home = Path(tmp)
         os.environ["NITRO_EMU_HOME"] = str(home / "home")
         enclave = container_enclave if mode == "container" else process_enclave
-        with enclave(home / "home") as (cid, cpus, inside), plain_server(home, cpus) as plain:
+        with contextlib.ExitStack() as stack:
+            cid, cpus, inside = stack.enter_context(enclave(home / "home"))
+            plain = stack.enter_context(plain_server(home, cpus))
             if cpus:
                 print(f"enclave CPUs (host): {sorted(cpus)}; the plain server is pinned to them too")
             series: dict[str, tuple[Connect, Connect]] = {"plain unix": plain}
             if inside:
                 series["plain in enclave"] = inside
             series["vsock mirror"] = (lambda: vsock.connect(cid, 5004), lambda: vsock.connect(cid, 5000))
+            if args.engine_transport and mode == "container":
+                engine_cid, _, _ = stack.enter_context(container_enclave(home / "home", "engine"))
+                series["engine transport"] = (lambda: vsock.connect(engine_cid, 5004),
+                                              lambda: vsock.connect(engine_cid, 5000))
             rows = []
             for streams in (1, 8):
                 values = interleaved_medians(
@@ -276,14 +351,24 @@ def main() -> int:
             with forwarder_to(cid, 5004) as tcp_discard:
                 forward = median_of(args.runs, lambda: throughput(tcp_discard, total, 1))
         names = list(series)
+        mirror = names.index("vsock mirror")
         header = "".join(f"{name:>20}" for name in names)
-        print(f"{'measure':26}{header} {'mirror/plain':>13}" + (f" {'mirror/in-encl':>15}" if inside else ""))
+        extra = (f" {'mirror/in-encl':>15}" if inside else "") + (
+            f" {'engine/host':>12}" if "engine transport" in series else "")
+        print(f"{'measure':26}{header} {'mirror/plain':>13}" + extra)
         for label, values, unit in rows:
             cells = "".join(f"{value:>14.3f} {unit:5}" for value in values)
-            ratios = f" {values[-1] / values[0]:>12.2f}x" + (f" {values[-1] / values[1]:>14.2f}x" if inside else "")
+            ratios = f" {values[mirror] / values[0]:>12.2f}x" + (f" {values[mirror] / values[1]:>14.2f}x" if inside else "")
+            if "engine transport" in series:
+                ratios += f" {values[-1] / values[mirror]:>11.2f}x"
             print(f"{label:26}{cells}{ratios}")
         plain_one = rows[0][1][0]
         print(f"{'forwarder tcp->vsock, 1 st':26}{forward / 1e9:>14.3f} GB/s  ({forward / 1e9 / plain_one:.2f}x plain)")
+        if args.engine_transport and mode == "container":
+            host_one = rows[0][1][names.index("vsock mirror")]
+            for carrier, rate in carrier_ceilings(total).items():
+                print(f"{'carrier: ' + carrier:26}{rate / 1e9:>14.3f} GB/s  ({rate / 1e9 / host_one:.2f}x the host "
+                      "transport; raw, no relay)")
     return 0
 
 

@@ -215,6 +215,9 @@ def describe_enclaves_command(args: argparse.Namespace) -> int:
         offset = EnclaveClock(settings, info.enclave_id).offset()
         if offset:  # emulator-only keys, present only when in use
             out["NitroEmuClockOffset"] = offset
+        if info.extra.get("transport", "host") != "host":
+            print(f"Enclave {info.enclave_id} runs on the {info.extra['transport']} transport: "
+                  f"{info.extra.get('transport_reason', '')}", file=sys.stderr)
         faults = armed_nsm_faults(settings, info.enclave_id)
         if faults:
             out["NitroEmuFaults"] = faults

@@ -21,15 +21,18 @@ from typing import Any
 
 from emulator.enclave.state import EnclaveInfo
 from emulator.settings import Settings
+from emulator.transport.base import ENCLAVE_RUN_DIR, Transport
+from emulator.transport.host import HostTransport
 
 LABEL_PREFIX = "org.nitro-emu."
 LABEL_ENCLAVE_ID = LABEL_PREFIX + "enclave-id"
 LABEL_CID = LABEL_PREFIX + "cid"
 LABEL_HOME = LABEL_PREFIX + "home"
 LABEL_SUPERVISOR_PID = LABEL_PREFIX + "supervisor-pid"
+#: An engine-transport companion's label naming its enclave. Not ``enclave-id``: that one
+#: stays unique to the enclave's own container, which users and tests look up by it.
+LABEL_COMPANION_OF = LABEL_PREFIX + "companion-of"
 
-ENCLAVE_RUN_DIR = "/run/nitro-emu"
-ENCLAVE_PARENT_DIR = ENCLAVE_RUN_DIR + "/parent"
 ENCLAVE_NSM_SOCKET = ENCLAVE_RUN_DIR + "/nsm.sock"
 PIDS_LIMIT = 1024
 
@@ -96,20 +99,17 @@ def container_settings(
     supervisor_pid: int,
     run_dir: Path,
     extras: ContainerExtras | None = None,
+    transport: Transport | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``docker.containers.create`` for this enclave.
 
     The image's own entrypoint, cmd, working dir and user apply (they are in the image
-    loaded from the EIF); only the environment is added to.
+    loaded from the EIF); only the environment is added to. ``transport`` says what is
+    mounted at ``/run/nitro-emu`` (:mod:`emulator.transport`; the host's dirs by default).
     """
     extras = extras or ContainerExtras()
     memory = f"{enclave.memory_mib}m"
-    volumes: dict[str, dict[str, str]] = {
-        str(run_dir): {"bind": ENCLAVE_RUN_DIR, "mode": "rw"},
-        str(settings.parent_dir): {"bind": ENCLAVE_PARENT_DIR, "mode": "ro"},
-    }
-    for host, (inside, read_only) in extras.mounts.items():
-        volumes[host] = {"bind": inside, "mode": "ro" if read_only else "rw"}
+    volumes = (transport or HostTransport()).mounts(settings, enclave, run_dir, extras.mounts)
     environment = {
         "NITRO_EMU_CID": str(enclave.cid),
         "NITRO_EMU_ENCLAVE_ID": enclave.enclave_id,

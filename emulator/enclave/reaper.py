@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emulator.enclave.container import LABEL_ENCLAVE_ID, LABEL_HOME, LABEL_SUPERVISOR_PID
+from emulator.enclave.container import LABEL_COMPANION_OF, LABEL_ENCLAVE_ID, LABEL_HOME, LABEL_SUPERVISOR_PID
 from emulator.enclave.state import (
     EnclaveInfo,
     home_lock,
@@ -84,11 +84,13 @@ def _remove(client: docker.DockerClient, container_id: str) -> bool:
 
 
 def remove_containers(client: docker.DockerClient, settings: Settings, enclave_id: str) -> None:
-    """Force-remove this home's containers of one enclave (there is at most one)."""
+    """Force-remove this home's containers of one enclave: its own, and its companion's."""
     import docker.errors
 
+    home = f"{LABEL_HOME}={settings.home}"
     try:
-        found = _list_containers(client, [f"{LABEL_HOME}={settings.home}", f"{LABEL_ENCLAVE_ID}={enclave_id}"])
+        found = _list_containers(client, [home, f"{LABEL_ENCLAVE_ID}={enclave_id}"])
+        found += _list_containers(client, [home, f"{LABEL_COMPANION_OF}={enclave_id}"])
     except docker.errors.DockerException as error:
         logger.warning("cannot list containers of %s: %s", enclave_id, error)
         return
@@ -119,6 +121,10 @@ def cleanup_enclave(
             client = docker_client()
     if client is not None:
         remove_containers(client, settings, enclave_id)
+        if enclave is None or enclave.extra.get("transport", "host") != "host":
+            from emulator.transport.selection import transport_named
+
+            transport_named("engine").remove(client, settings, enclave_id)
     write_exit_log(settings, enclave, enclave_id, reason)
     remove_dirs(settings, enclave_id, enclave.cid if enclave is not None else None)
 
@@ -147,7 +153,10 @@ def reap(settings: Settings, client: docker.DockerClient | None = None) -> list[
         live_ids = {record.enclave_id for record in live}
         live_cids = {record.cid for record in live}
         if client is not None:
+            from emulator.transport.selection import transport_named
+
             reaped.extend(_reap_containers(settings, client, live_ids))
+            transport_named("engine").reap(client, settings, live_ids)
         if settings.run_root.is_dir():
             for entry in settings.run_root.iterdir():
                 if entry.name.isdecimal() and int(entry.name) not in live_cids:
@@ -166,7 +175,7 @@ def _reap_containers(settings: Settings, client: docker.DockerClient, live_ids: 
     removed: list[str] = []
     for container in found:
         labels = container.get("Labels") or {}
-        enclave_id = labels.get(LABEL_ENCLAVE_ID, "")
+        enclave_id = labels.get(LABEL_ENCLAVE_ID) or labels.get(LABEL_COMPANION_OF, "")
         if enclave_id in live_ids and _pid_alive(labels.get(LABEL_SUPERVISOR_PID)):
             continue
         if _remove(client, container["Id"]):

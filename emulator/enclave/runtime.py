@@ -52,7 +52,7 @@ from emulator.enclave.state import (
     supervisor_alive,
     write_record,
 )
-from emulator.errors import NitroCliError
+from emulator.errors import EmulatorError, NitroCliError
 from emulator.nitro_cli_errors import nitro_cli_error
 from emulator.enclave.clock import EnclaveClock, check_offset
 from emulator.enclave.engine import enclave_engine
@@ -64,6 +64,8 @@ from emulator.enclave.console import exit_reason, pop_exit_notices, stream_conso
 
 if TYPE_CHECKING:
     import docker
+
+    from emulator.transport.selection import Choice
 
 __all__ = [
     "EnclaveInfo",
@@ -93,6 +95,7 @@ class _Lines:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buffer = b""
+        self.eof = False
 
     def readline(self, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout
@@ -105,6 +108,7 @@ class _Lines:
                 return None
             chunk = os.read(self.fd, 4096)
             if not chunk:
+                self.eof = True
                 return None  # EOF: the supervisor died
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
@@ -200,12 +204,21 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
     from emulator.enclave.supervisor import make_runtime_dirs
     from emulator.shim.build import container_extras as shim_extras
 
+    from emulator.transport.engine import EngineTransportError
+    from emulator.transport.selection import transport_named
+
     run_dir = make_runtime_dirs(settings, info.cid)
     extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras, init_extras))
-    kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir, extras=extras)
-    kwargs.pop("detach", None)
+    transport = transport_named(str(info.extra.get("transport", "host")))
     try:
-        return client.containers.create(**kwargs)
+        kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir,
+                                    extras=extras, transport=transport)
+        kwargs.pop("detach", None)
+        container = client.containers.create(**kwargs)
+        transport.populate(container, extras.mounts)
+        return container
+    except EmulatorError as error:  # the transport's own failures
+        raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
     except docker.errors.ImageNotFound as error:
         raise nitro_cli_error(
             "EnclaveBootFailure",
@@ -215,6 +228,28 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
         raise nitro_cli_error(
             "EnclaveBootFailure", detail=f"Docker could not create the enclave: {error.explanation or error}"
         ) from error
+
+
+def _prepare_transport(settings: Settings, info: EnclaveInfo, client: docker.DockerClient) -> None:
+    """What the enclave and its supervisor will both refer to (the engine transport's volume)."""
+    from emulator.enclave.container import labels
+    from emulator.transport.selection import transport_named
+
+    try:
+        transport_named(str(info.extra.get("transport", "host"))).prepare(
+            client, settings, info, labels(settings, info, supervisor_pid=0))
+    except EmulatorError as error:
+        raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
+
+
+def _transport_for(settings: Settings, client: docker.DockerClient) -> Choice:
+    """The transport of the next enclave (``NITRO_EMU_TRANSPORT``; a bad choice is E36)."""
+    from emulator.transport.selection import choose
+
+    try:
+        return choose(settings, client)
+    except EmulatorError as error:
+        raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
 
 
 def _boot(
@@ -275,6 +310,7 @@ def run_enclave(
     reap(settings, client)
     summary: EifSummary = summarize_eif(settings, client, Path(eif_path))
     check_memory(memory_mib, summary.size)
+    transport = _transport_for(settings, client)
     instance = load_instance_id(settings, instance_id)
     with home_lock(settings):
         records = list_records(settings)
@@ -290,12 +326,14 @@ def run_enclave(
             instance_id=instance, started_at_ms=started, image_name=summary.image_name,
             image_version=summary.image_version, metadata=summary.metadata,
             image_tag=summary.image_tag, host_cpus=host_cpuset(cpus),
-            extra={"eif_layout": summary.layout},
+            extra={"eif_layout": summary.layout, "transport": transport.name,
+                   "transport_reason": transport.reason},
         )
         write_record(settings, info)
         if offset:
             EnclaveClock(settings, enclave_id).set_offset(offset)
         try:
+            _prepare_transport(settings, info, client)
             lines, control, pid, ticks = _spawn_supervisor(settings, info)
         except BaseException:
             cleanup_enclave(settings, enclave_id, enclave=info, client=client, reason="its supervisor did not start")
@@ -323,16 +361,21 @@ def run_enclave(
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait_gone(info, 5.0)
+    supervisor_said = _tail(settings.enclave_dir(enclave_id) / SUPERVISOR_LOG, 5)  # gone after cleanup
     cleanup_enclave(settings, enclave_id, enclave=info, client=client, reason="it failed to boot")
     if failure is not None:
         raise failure
     if line and line.startswith("ERROR "):
         _, code, message = line.split(" ", 2)
         raise nitro_cli_error(int(code), detail=message)
-    why = _tail(log_path(settings, enclave_id), 3) or "the supervisor died"
     if line is not None:  # neither READY nor ERROR: name what came instead
-        why = f"the supervisor said {line!r}; {why}"
-    raise nitro_cli_error("EnclaveBootFailure", detail=f"No ready signal within {boot_timeout:.0f} s: {why}")
+        why = f"The enclave's supervisor said {line!r} instead of READY"
+    elif lines.eof:
+        why = f"The enclave's supervisor (pid {pid}) ended without a word"
+    else:
+        why = f"No ready signal within {boot_timeout:.0f} s"
+    said = supervisor_said or _tail(log_path(settings, enclave_id), 3) or "nothing in its log"
+    raise nitro_cli_error("EnclaveBootFailure", detail=f"{why}: {said}")
 
 
 @contextlib.contextmanager
@@ -350,7 +393,10 @@ def describe_enclaves(*, client: docker.DockerClient | None = None) -> list[Encl
     """The enclaves of this home that have booted (RUNNING or TERMINATING), oldest first."""
     settings = get_settings()
     reap(settings, _client_or_none(client))
-    return [r for r in list_records(settings) if r.state != STATE_EMPTY and supervisor_alive(r)]
+    # An enclave whose exit log is written has ended, though its supervisor may still be
+    # removing its containers: nitro-cli lists it no more.
+    return [r for r in list_records(settings)
+            if r.state != STATE_EMPTY and supervisor_alive(r) and not log_path(settings, r.enclave_id).exists()]
 
 
 def _client_or_none(client: docker.DockerClient | None) -> docker.DockerClient | None:

@@ -138,14 +138,36 @@ class Supervisor:
         self._server: Any = None  # fake_nsm.server.NsmServer
         self._client: Any = None  # docker.DockerClient
         self._container: Any = None
+        self._link: Any = None  # emulator.transport.base.Link
+        self.lost_reason: str | None = None
         self.container_id: str | None = None
 
     # --- start -------------------------------------------------------------------------------
 
     def start_nsm(self) -> None:
-        """Make the runtime dir and serve the enclave's NSM."""
+        """Make the runtime dir, serve the enclave's NSM, and link it into the engine."""
         make_runtime_dirs(self.settings, self.enclave.cid)
         self._start_nsm()
+        transport = self._transport()
+        if transport.name != "host":
+            from emulator.enclave.container import labels
+            from emulator.engine.client import docker_client
+
+            self._client = docker_client()
+            self._link = transport.link(
+                self._client, self.settings, self.enclave, labels(self.settings, self.enclave, self.pid),
+                on_lost=self._lost, log=lambda line: print(line, file=sys.stderr, flush=True),
+            )
+
+    def _transport(self) -> Any:
+        from emulator.transport.selection import transport_named
+
+        return transport_named(str(self.enclave.extra.get("transport", "host")))
+
+    def _lost(self, reason: str) -> None:
+        """The link to the engine broke: the enclave cannot reach its NSM any more; end it."""
+        self.lost_reason = reason
+        self.wake.set()
 
     def adopt_container(self, container_id: str) -> None:
         """Take over the container run-enclave started; check that the NSM answers.
@@ -230,7 +252,8 @@ class Supervisor:
 
         from emulator.engine.client import docker_client
 
-        self._client = docker_client()
+        if self._client is None:
+            self._client = docker_client()
         try:
             self._container = self._client.containers.get(self.container_id)
         except docker.errors.NotFound:
@@ -254,7 +277,7 @@ class Supervisor:
         if self._container is None:
             return "it never started", ""
         try:
-            if self.terminate_requested:
+            if self.terminate_requested or self.lost_reason:
                 self._container.kill()
         except docker.errors.APIError:
             pass  # already stopped
@@ -270,6 +293,8 @@ class Supervisor:
         code = state.get("ExitCode")
         if self.terminate_requested:
             return "terminated by terminate-enclave", output
+        if self.lost_reason:
+            return f"nitro-emu stopped it: {self.lost_reason}", output
         if state.get("OOMKilled"):
             return (f"out of memory (OOM): the enclave used more than its {self.enclave.memory_mib} MiB "
                     f"(--memory) and was killed (exit status {code})"), output
@@ -279,11 +304,17 @@ class Supervisor:
 
     def abort(self, reason: str) -> None:
         """Start-up failed: remove everything, including a container run-enclave made."""
+        self._unlink()
         if self._server is not None:
             self._server.stop()
         cleanup_enclave(self.settings, self.enclave.enclave_id, enclave=self.enclave,
                         reason=reason, client=self._client)
         self._done()
+
+    def _unlink(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
 
     def _done(self) -> None:
         if self._client is not None:
@@ -297,10 +328,12 @@ class Supervisor:
         if reason is None:
             reason, output = self._exit_reason()
         write_exit_log(self.settings, self.enclave, self.enclave.enclave_id, reason, output)
+        self._unlink()
         if self._server is not None:
             self._server.stop()
         if self._client is not None:  # no client yet: no container was made
             remove_containers(self._client, self.settings, self.enclave.enclave_id)
+            self._transport().remove(self._client, self.settings, self.enclave.enclave_id)
         remove_dirs(self.settings, self.enclave.enclave_id, self.enclave.cid)
         self._done()
 

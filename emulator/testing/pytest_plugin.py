@@ -77,6 +77,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_KEPT] = []
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which transport the session's enclaves get (docs/transport.md)."""
+    from emulator.engine.client import EngineUnavailableError, docker_client
+    from emulator.transport.selection import TransportChoiceError, announced
+
+    try:
+        client = docker_client()
+    except EngineUnavailableError:
+        client = None
+    try:
+        return f"nitro-emu transport: {announced(client)}"
+    except TransportChoiceError as error:
+        return f"nitro-emu transport: {error}"
+    finally:
+        if client is not None:
+            client.close()
+
+
 def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 

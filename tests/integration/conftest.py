@@ -127,6 +127,10 @@ def _leftovers(home: Path) -> list[str]:
             found.append(f"container {container['Names']}")
             with contextlib.suppress(Exception):
                 client.api.remove_container(container["Id"], force=True)
+        for volume in (client.api.volumes(filters={"label": f"{LABEL_HOME}={home}"}) or {}).get("Volumes") or []:
+            found.append(f"volume {volume['Name']}")
+            with contextlib.suppress(Exception):
+                client.api.remove_volume(volume["Name"], force=True)
     finally:
         client.close()
     for record in list_records(settings):
@@ -174,6 +178,8 @@ def _leftovers_quiet(home: Path) -> bool:
     client = docker.from_env()
     try:
         if client.api.containers(all=True, filters={"label": f"{LABEL_HOME}={home}"}):
+            return True
+        if (client.api.volumes(filters={"label": f"{LABEL_HOME}={home}"}) or {}).get("Volumes"):
             return True
     finally:
         client.close()

@@ -119,3 +119,34 @@ def wait_for_output(enclave_id: str, marker: str, timeout: float = 30.0) -> str:
     raise AssertionError(f"no {marker!r} line from {enclave_id} within {timeout} s; output:\n{text[-2000:]}")
 
 
+
+
+def put_in_runtime_dir(home: Path, enclave_id: str, cid: int, name: str, text: str) -> None:
+    """Make ``/run/nitro-emu/<name>`` appear in a running enclave, whatever its transport.
+
+    The host transport shares ``run/<cid>`` with the enclave; the engine transport shares a
+    volume, reached through the Docker API (the enclave's container writes nothing there).
+    """
+    import io
+    import tarfile
+
+    import docker
+
+    from emulator.enclave.state import read_record
+    from emulator.settings import Settings
+
+    record = read_record(Settings(home=home), enclave_id)
+    if record is None or record.extra.get("transport", "host") == "host":
+        (home / "run" / str(cid) / name).write_text(text)
+        return
+    data = text.encode()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        member = tarfile.TarInfo(name)
+        member.size, member.mode = len(data), 0o644
+        tar.addfile(member, io.BytesIO(data))
+    client = docker.from_env()
+    try:
+        client.containers.get(f"nitro-emu-{enclave_id}").put_archive("/run/nitro-emu", archive.getvalue())
+    finally:
+        client.close()

@@ -22,7 +22,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from emulator.errors import NitroCliError
-from tests.integration.runtime_helpers import minimum_memory, wait_for_output
+from emulator.enclave.state import read_record
+from emulator.settings import Settings
+from tests.integration.runtime_helpers import minimum_memory, put_in_runtime_dir, wait_for_output
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -98,13 +100,19 @@ def test_enclaves_are_isolated_and_attested_as_built(  # type: ignore[no-untyped
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
     assert host["Memory"] == host["MemorySwap"] == memory << 20 and host["PidsLimit"] > 0
     assert set(host["Tmpfs"]) == {"/tmp", "/run"}
-    binds = {m["Source"]: m for m in container.attrs["Mounts"] if m["Type"] == "bind"}
-    run_dir, parent = str(nitro_home / "run" / "16"), str(nitro_home / "run" / "parent")
-    assert binds[run_dir]["Destination"] == "/run/nitro-emu" and binds[run_dir]["RW"] is True
-    assert binds[parent]["Destination"] == "/run/nitro-emu/parent" and binds[parent]["RW"] is False
-    for source, mount in binds.items():  # anything else (the LD_PRELOAD shim) is read-only, never ca/
-        assert source in (run_dir, parent) or not mount["RW"]
-        assert nitro_home / "ca" not in (Path(source), *Path(source).parents)
+    record = read_record(Settings(home=nitro_home), run["EnclaveID"])
+    assert record is not None
+    if record.extra["transport"] == "engine":  # one volume, no path of the host at all
+        assert [(m["Type"], m["Name"], m["Destination"], m["RW"]) for m in container.attrs["Mounts"]] == [
+            ("volume", f"nitro-emu-{run['EnclaveID']}", "/run/nitro-emu", True)]
+    else:
+        binds = {m["Source"]: m for m in container.attrs["Mounts"] if m["Type"] == "bind"}
+        run_dir, parent = str(nitro_home / "run" / "16"), str(nitro_home / "run" / "parent")
+        assert binds[run_dir]["Destination"] == "/run/nitro-emu" and binds[run_dir]["RW"] is True
+        assert binds[parent]["Destination"] == "/run/nitro-emu/parent" and binds[parent]["RW"] is False
+        for source, mount in binds.items():  # anything else (the LD_PRELOAD shim) is read-only, never ca/
+            assert source in (run_dir, parent) or not mount["RW"]
+            assert nitro_home / "ca" not in (Path(source), *Path(source).parents)
     assert container.labels["org.nitro-emu.home"] == str(nitro_home)
     assert container.labels["org.nitro-emu.supervisor-pid"] == str(run["ProcessID"])
 
@@ -166,7 +174,7 @@ def test_allocating_past_memory_kills_the_enclave_and_says_why(  # type: ignore[
     watcher = threading.Thread(
         target=lambda: console.update(reason=stream_console(info, lambda chunk: None, disconnect_timeout=120)))
     watcher.start()
-    (nitro_home / "run" / str(info.cid) / "allocate").write_text(str(memory + 128))
+    put_in_runtime_dir(nitro_home, info.enclave_id, info.cid, "allocate", str(memory + 128))
     watcher.join(130)
     assert "out of memory" in (console.get("reason") or ""), (console, enclave_logs(info.enclave_id)[-600:])
     assert "out of memory" in (exit_reason(info.enclave_id) or "")
@@ -184,7 +192,7 @@ def test_a_killed_supervisor_takes_its_container_along(  # type: ignore[no-untyp
     eif, _ = probe_eif
     info = run_enclave(eif, memory_mib=minimum_memory(eif), cpu_count=1)
     label = {"label": f"org.nitro-emu.home={nitro_home}"}
-    assert len(docker_client.api.containers(filters=label)) == 1
+    assert len(docker_client.api.containers(filters={"label": f"org.nitro-emu.enclave-id={info.enclave_id}"})) == 1
     os.kill(info.process_id, signal.SIGKILL)
     killed = time.monotonic()
     while docker_client.api.containers(all=True, filters=label):

@@ -142,6 +142,7 @@ def _host_figures(client: Any, pids: list[int], container_ids: list[str]) -> dic
         "processes": [len(family) for family in families],
         "fds": sum(_fds(p) for family in families for p in family),
         "own_fds": _fds(os.getpid()),
+        "inotify": _inotify_instances(),  # while they run (the engine transport's relays watch dirs)
     }
 
 
@@ -228,7 +229,11 @@ def run_factory(factory: Any, spec: Any, client: Any, count: int, parallel: bool
         wall = time.monotonic() - began
     time.sleep(1.0)
     result = _host_figures(client, [h.info.process_id for h in handles], [h.info.container_id for h in handles])
-    result["containers"] = len(_home_containers(client, str(factory.home)))
+    containers = _home_containers(client, str(factory.home))
+    result["containers"] = len(containers)
+    enclaves = {h.info.container_id for h in handles}
+    others = sum(_container_memory(client, c["Id"]) for c in containers if c["Id"] not in enclaves)
+    result["companion_memory"] = others / max(1, len(handles))  # the engine transport's companions
     result["transport"] = _used(handles)
     if after is not None:
         after(handles)
@@ -307,11 +312,13 @@ def _print_run(count: int, mode: str, result: dict[str, Any], bare_s: float, bar
     if "host_pss" in result:
         mem = _median(result["container_memory"]) / 1e6
         pss = _median(result["host_pss"]) / 1e6
-        line += (f"; per enclave: container {mem:.1f} MB (app alone {bare_mb:.1f}), host processes' PSS"
-                 f" {pss:.1f} MB, overhead {mem - bare_mb + pss:.1f} MB,"
+        companion = result["companion_memory"] / 1e6
+        line += (f"; per enclave: container {mem:.1f} MB (app alone {bare_mb:.1f}), companion {companion:.1f} MB,"
+                 f" host processes' PSS {pss:.1f} MB, overhead {mem - bare_mb + companion + pss:.1f} MB,"
                  f" {_median(result['processes']):.0f} host processes, {result['containers'] / max(1, count):.1f}"
                  f" containers; fds: enclaves' host processes {result['fds']}"
                  f" ({result['fds'] / max(1, len(times)):.1f} each), this process {result['own_fds']};"
+                 f" inotify instances on the host {result['inotify']};"
                  f" terminate all {result['teardown']:.1f} s")
     else:
         line += f"; pytest: {result['summary']}; containers left {result['left']}"

@@ -24,11 +24,13 @@ in total and per-request p50/p99, against one enclave asked by one thread (the b
 And the engine's own storm: N bare ``docker run`` at once (p50/p99 to first output), against
 the same runs in sequence.
 
-``--transport host|engine`` sets ``NITRO_EMU_TRANSPORT`` (for the engine transport of issue
-13, which reads it); the bench prints which transport the runtime actually uses.
+``--transport host|engine|auto`` sets ``NITRO_EMU_TRANSPORT`` (issue 13's selection reads it);
+the bench prints which transport the runtime picks, and each run's line the transports its
+enclaves' records name. Per enclave the engine transport adds its companion container (its
+memory counts in the overhead) and the relays' inotify instances.
 
     .venv/bin/python bench/scale.py [--counts 1 8 32 64] [--modes sequence parallel xdist]
-        [--transport host] [--sign 32] [--sign-seconds 10]
+        [--transport host|engine|auto] [--sign 32] [--sign-seconds 10] [--storm 32]
 """
 
 from __future__ import annotations

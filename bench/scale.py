@@ -24,11 +24,13 @@ in total and per-request p50/p99, against one enclave asked by one thread (the b
 And the engine's own storm: N bare ``docker run`` at once (p50/p99 to first output), against
 the same runs in sequence.
 
-``--transport host|engine`` sets ``NITRO_EMU_TRANSPORT`` (for the engine transport of issue
-13, which reads it); the bench prints which transport the runtime actually uses.
+``--transport host|engine|auto`` sets ``NITRO_EMU_TRANSPORT`` (issue 13's selection reads it);
+the bench prints which transport the runtime picks, and each run's line the transports its
+enclaves' records name. Per enclave the engine transport adds its companion container (its
+memory counts in the overhead) and the relays' inotify instances.
 
     .venv/bin/python bench/scale.py [--counts 1 8 32 64] [--modes sequence parallel xdist]
-        [--transport host] [--sign 32] [--sign-seconds 10]
+        [--transport host|engine|auto] [--sign 32] [--sign-seconds 10] [--storm 32]
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ def _host_figures(client: Any, pids: list[int], container_ids: list[str]) -> dic
         "processes": [len(family) for family in families],
         "fds": sum(_fds(p) for family in families for p in family),
         "own_fds": _fds(os.getpid()),
+        "inotify": _inotify_instances(),  # while they run (the engine transport's relays watch dirs)
     }
 
 
@@ -171,19 +174,24 @@ def _together(count: int, one: Callable[[int], None]) -> float:
     return time.monotonic() - began
 
 
-def engine_storm(client: Any, image: str, count: int) -> tuple[list[float], list[str]]:
+def engine_storm(image: str, count: int) -> tuple[list[float], list[str]]:
     """``count`` bare docker runs at once: seconds to first output each, and failures."""
     times: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
 
     def one(index: int) -> None:
+        import docker
+
+        own = docker.from_env(timeout=600)  # a client per thread, as each run-enclave opens its own
         try:
-            elapsed, _ = _bare_start(client, image)
+            elapsed, _ = _bare_start(own, image)
         except Exception as error:  # noqa: BLE001 - a refused run is the finding
             with lock:
                 errors.append(f"{type(error).__name__}: {error}")
             return
+        finally:
+            own.close()
         with lock:
             times.append(elapsed)
 
@@ -223,7 +231,12 @@ def run_factory(factory: Any, spec: Any, client: Any, count: int, parallel: bool
         wall = time.monotonic() - began
     time.sleep(1.0)
     result = _host_figures(client, [h.info.process_id for h in handles], [h.info.container_id for h in handles])
-    result["containers"] = len(_home_containers(client, str(factory.home)))
+    containers = _home_containers(client, str(factory.home))
+    result["containers"] = len(containers)
+    enclaves = {h.info.container_id for h in handles}
+    others = sum(_container_memory(client, c["Id"]) for c in containers if c["Id"] not in enclaves)
+    result["companion_memory"] = others / max(1, len(handles))  # the engine transport's companions
+    result["transport"] = _used(handles)
     if after is not None:
         after(handles)
     began = time.monotonic()
@@ -294,17 +307,20 @@ def _median(values: list[float]) -> float:
 
 def _print_run(count: int, mode: str, result: dict[str, Any], bare_s: float, bare_mb: float) -> None:
     times = result["times"]
-    line = (f"N={count:3d} {mode:8s}: attested {len(times)}/{count} in {result['wall']:.1f} s;"
+    line = (f"N={count:3d} {mode:8s}: attested {len(times)}/{count} in {result['wall']:.1f} s"
+            f"{' (' + result['transport'] + ')' if 'transport' in result else ''};"
             f" start->first NSM answer p50 {_median(times):.2f} s p99 {_p(times, 0.99):.2f} s"
             f" ({_median(times) / bare_s:.1f}x bare)")
     if "host_pss" in result:
         mem = _median(result["container_memory"]) / 1e6
         pss = _median(result["host_pss"]) / 1e6
-        line += (f"; per enclave: container {mem:.1f} MB (app alone {bare_mb:.1f}), host processes' PSS"
-                 f" {pss:.1f} MB, overhead {mem - bare_mb + pss:.1f} MB,"
+        companion = result["companion_memory"] / 1e6
+        line += (f"; per enclave: container {mem:.1f} MB (app alone {bare_mb:.1f}), companion {companion:.1f} MB,"
+                 f" host processes' PSS {pss:.1f} MB, overhead {mem - bare_mb + companion + pss:.1f} MB,"
                  f" {_median(result['processes']):.0f} host processes, {result['containers'] / max(1, count):.1f}"
                  f" containers; fds: enclaves' host processes {result['fds']}"
                  f" ({result['fds'] / max(1, len(times)):.1f} each), this process {result['own_fds']};"
+                 f" inotify instances on the host {result['inotify']};"
                  f" terminate all {result['teardown']:.1f} s")
     else:
         line += f"; pytest: {result['summary']}; containers left {result['left']}"
@@ -313,13 +329,23 @@ def _print_run(count: int, mode: str, result: dict[str, Any], bare_s: float, bar
         print(f"    lost: {error[:400]}", flush=True)
 
 
-def _transport(requested: str) -> str:
-    if importlib.util.find_spec("emulator.transport") is None:
+def _transport(requested: str, client: Any) -> str:
+    """What the runtime will pick for ``NITRO_EMU_TRANSPORT=requested`` (issue 13's selection)."""
+    if not (ROOT / "emulator" / "transport").is_dir():  # not importlib: an editable install elsewhere answers
         if requested == "host":
             return "host (NITRO_EMU_TRANSPORT=host; the only transport in this tree)"
         return (f"host: {requested} was asked for (NITRO_EMU_TRANSPORT={requested}), but this tree has no "
                 "emulator.transport, so the runtime ignores the variable")
-    return f"{requested} (NITRO_EMU_TRANSPORT={requested}; emulator.transport is present)"
+    from emulator.settings import Settings
+    from emulator.transport.selection import choose
+
+    return choose(Settings.from_env(), client).describe()
+
+
+def _used(handles: list[Any]) -> str:
+    """The transports the enclaves' records name (what each enclave actually got)."""
+    names = sorted({str(h.info.extra.get("transport", "host")) for h in handles}) or ["-"]
+    return "/".join(names)
 
 
 def main() -> int:
@@ -328,7 +354,7 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=("sequence", "parallel", "xdist"),
                         default=["sequence", "parallel", "xdist"])
     parser.add_argument("--workers", type=int, default=8, help="xdist workers (at most N)")
-    parser.add_argument("--transport", choices=("host", "engine"), default=os.environ.get("NITRO_EMU_TRANSPORT", "host"))
+    parser.add_argument("--transport", choices=("host", "engine", "auto"), default=os.environ.get("NITRO_EMU_TRANSPORT", "host"))
     parser.add_argument("--sign", type=int, default=32, help="enclaves for the signing throughput (0: skip)")
     parser.add_argument("--sign-seconds", type=float, default=10.0)
     parser.add_argument("--storm", type=int, default=32, help="bare docker runs at once (0: skip)")
@@ -346,7 +372,7 @@ def main() -> int:
     print(f"machine: {_machine.machine(('docker',), system=True, load=True)}, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, "
           f"engine {client.version().get('Version')}")
-    print(f"transport: {_transport(options.transport)}")
+    print(f"transport: {_transport(options.transport, client)}")
     print(f"CPU pool: NITRO_EMU_CPU_COUNT={os.environ.get('NITRO_EMU_CPU_COUNT')} "
           f"NITRO_EMU_CPU_POOL={os.environ.get('NITRO_EMU_CPU_POOL')}")
     inotify_before = _inotify_instances()
@@ -383,7 +409,7 @@ def main() -> int:
                 _print_signing(factory, spec, client, options.sign, options.sign_seconds)
             if options.storm:
                 alone = [_bare_start(client, built.image)[0] for _ in range(5)]
-                times, errors = engine_storm(client, built.image, options.storm)
+                times, errors = engine_storm(built.image, options.storm)
                 print(f"engine storm: {options.storm} bare docker runs at once: {len(times)}/{options.storm} ran,"
                       f" first output p50 {_median(times):.2f} s p99 {_p(times, 0.99):.2f} s; alone p50"
                       f" {_median(alone):.2f} s ({_median(times) / _median(alone):.1f}x)", flush=True)

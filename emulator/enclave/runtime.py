@@ -20,6 +20,7 @@ Lifecycle and the supervisor: :mod:`emulator.enclave.supervisor`; the container:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -87,6 +88,8 @@ BOOT_TIMEOUT_S = 90.0
 #: How long terminate waits for the supervisor's graceful exit before SIGKILL.
 TERMINATE_TIMEOUT_S = 15.0
 _SPAWN_TIMEOUT_S = 20.0
+#: Set in an engine-transport enclave whose launcher waits for its NSM socket (start early).
+ENV_WAIT_NSM = "NITRO_EMU_WAIT_NSM"
 
 
 class _Lines:
@@ -212,6 +215,11 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
     # the interceptor last: its launcher, if any, runs first (nitro-cli EIFs: init serves it)
     extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras, init_extras, intercept_extras))
     transport = transport_named(str(info.extra.get("transport", "host")))
+    if transport.name == "engine" and extras.entrypoint_prefix and info.extra.get("eif_layout") != "nitro-cli":
+        # The launcher holds the command until the companion's NSM socket is in the volume,
+        # so the enclave can start while its companion does (start_early below).
+        extras = dataclasses.replace(
+            extras, environment={**extras.environment, ENV_WAIT_NSM: f"{_SPAWN_TIMEOUT_S:.0f}"})
     try:
         image_config = None
         if extras.entrypoint_prefix:
@@ -295,6 +303,17 @@ def _check_command(client: docker.DockerClient, container_id: str, kwargs: dict[
     )
 
 
+def _start(container: Any) -> None:
+    import docker.errors
+
+    try:
+        container.start()
+    except docker.errors.APIError as error:
+        raise nitro_cli_error(
+            "EnclaveBootFailure", detail=f"Docker could not start the enclave: {error.explanation or error}"
+        ) from error
+
+
 def _boot(
     settings: Settings, info: EnclaveInfo, client: docker.DockerClient, lines: _Lines, control: int,
     boot_timeout: float,
@@ -303,18 +322,18 @@ def _boot(
 
     Returns the supervisor's last line (``READY``, ``ERROR ...``) or None if it went silent.
     """
-    import docker.errors
-
     container = _create_container(settings, info, client)
+    # An engine-transport enclave whose launcher waits for its NSM starts at once, while its
+    # supervisor starts the companion; any other waits for the supervisor's NSM.
+    environment = (container.attrs.get("Config") or {}).get("Env") or []
+    early = any(item.startswith(ENV_WAIT_NSM + "=") for item in environment)
+    if early:
+        _start(container)
     line = lines.readline(boot_timeout)
     if line != "NSM":
         return line
-    try:
-        container.start()
-    except docker.errors.APIError as error:
-        raise nitro_cli_error(
-            "EnclaveBootFailure", detail=f"Docker could not start the enclave: {error.explanation or error}"
-        ) from error
+    if not early:
+        _start(container)
     os.write(control, f"STARTED {container.id}\n".encode())
     return lines.readline(boot_timeout)
 

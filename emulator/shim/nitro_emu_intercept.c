@@ -1432,9 +1432,37 @@ static void run(char **command)
 
 static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
+/* The engine transport may start the enclave before its companion serves the NSM in the
+ * shared volume (docs/transport.md): with NITRO_EMU_WAIT_NSM=<seconds>, wait until the socket
+ * is there (the companion puts it in place listening), then hide the variable from the
+ * command, whose environment stays as run-enclave gives it. */
+static void wait_for_nsm(void)
+{
+    const char *wait = getenv("NITRO_EMU_WAIT_NSM");
+    if (wait == NULL || *wait == '\0')
+        return;
+    long limit_ms = strtol(wait, NULL, 10) * 1000;
+    const char *path = getenv("NITRO_EMU_NSM_SOCKET");
+    if (path == NULL || *path == '\0')
+        path = "/run/nitro-emu/nsm.sock";
+    struct stat st;
+    long waited = 0;
+    while (!(stat(path, &st) == 0 && S_ISSOCK(st.st_mode))) {
+        if (waited >= limit_ms) {
+            warn("the NSM socket did not appear in time; starting the command without it");
+            break;
+        }
+        struct timespec pause = {0, 2 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        waited += 2;
+    }
+    unsetenv("NITRO_EMU_WAIT_NSM");
+}
+
 int main(int argc, char **argv)
 {
     int first = 1, check_only = 0;
+    wait_for_nsm();
     if (first < argc && strcmp(argv[first], "--check") == 0) {
         check_only = 1;
         first++;

@@ -120,11 +120,10 @@ def cleanup_enclave(
         with contextlib.suppress(Exception):
             client = docker_client()
     if client is not None:
-        remove_containers(client, settings, enclave_id)
-        if enclave is None or enclave.extra.get("transport", "host") != "host":
-            from emulator.transport.selection import transport_named
+        from emulator.transport.selection import transport_of
 
-            transport_named("engine").remove(client, settings, enclave_id)
+        remove_containers(client, settings, enclave_id)
+        transport_of(enclave).remove(client, settings, enclave_id)
     write_exit_log(settings, enclave, enclave_id, reason)
     remove_dirs(settings, enclave_id, enclave.cid if enclave is not None else None)
 
@@ -153,10 +152,11 @@ def reap(settings: Settings, client: docker.DockerClient | None = None) -> list[
         live_ids = {record.enclave_id for record in live}
         live_cids = {record.cid for record in live}
         if client is not None:
-            from emulator.transport.selection import transport_named
+            from emulator.transport.selection import every_transport
 
             reaped.extend(_reap_containers(settings, client, live_ids))
-            transport_named("engine").reap(client, settings, live_ids)
+            for transport in every_transport():
+                transport.reap(client, settings, live_ids)
         if settings.run_root.is_dir():
             for entry in settings.run_root.iterdir():
                 if entry.name.isdecimal() and int(entry.name) not in live_cids:

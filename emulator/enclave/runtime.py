@@ -66,8 +66,6 @@ from emulator.enclave.console import exit_reason, pop_exit_notices, stream_conso
 if TYPE_CHECKING:
     import docker
 
-    from emulator.transport.selection import Choice
-
 __all__ = [
     "EnclaveInfo",
     "describe_enclaves",
@@ -206,40 +204,36 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
     from emulator.enclave.nitro_cli_init import init_extras
     from emulator.enclave.supervisor import make_runtime_dirs
     from emulator.shim.build import container_extras as shim_extras
+    from emulator.eif.nitro_cli_layout import LAYOUT_NITRO_CLI
     from emulator.shim.intercept import container_extras as intercept_extras
-
-    from emulator.transport.engine import EngineTransportError
-    from emulator.transport.selection import transport_named
+    from emulator.transport.selection import transport_of
 
     run_dir = make_runtime_dirs(settings, info.cid)
     # the interceptor last: its launcher, if any, runs first (nitro-cli EIFs: init serves it)
     extras = collect_extras(ContainerContext(settings, info, run_dir), (shim_extras, init_extras, intercept_extras))
-    transport = transport_named(str(info.extra.get("transport", "host")))
-    if transport.name == "engine" and extras.entrypoint_prefix and info.extra.get("eif_layout") != "nitro-cli":
+    transport = transport_of(info)
+    if transport.name == "engine" and extras.entrypoint_prefix and info.extra.get("eif_layout") != LAYOUT_NITRO_CLI:
         # The launcher holds the command until the companion's NSM socket is in the volume,
-        # so the enclave can start while its companion does (start_early below).
+        # so the enclave can start while its companion does (``early`` in _boot).
         extras = dataclasses.replace(
             extras, environment={**extras.environment, ENV_WAIT_NSM: f"{_SPAWN_TIMEOUT_S:.0f}"})
     try:
-        image_config = None
-        if extras.entrypoint_prefix:
-            image_config = client.images.get(info.image_tag).attrs.get("Config") or {}
-        kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir, extras=extras,
-                                    image_config=image_config, transport=transport)
-        kwargs.pop("detach", None)
-        container = client.containers.create(**kwargs)
-        try:
-            transport.populate(container, extras.mounts)
-            if extras.entrypoint_prefix and image_config is not None:
-                _check_command(client, str(container.id), kwargs, len(extras.entrypoint_prefix), image_config)
-        except BaseException:
-            container.remove(force=True)
-            raise
-        return container
-    except EmulatorError as error:  # the transport's own failures
-        if isinstance(error, NitroCliError):
-            raise
-        raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
+        with _as_boot_failure():  # the transport's own failures are E36 too
+            image_config = None
+            if extras.entrypoint_prefix:
+                image_config = client.images.get(info.image_tag).attrs.get("Config") or {}
+            kwargs = container_settings(settings, info, supervisor_pid=info.process_id, run_dir=run_dir,
+                                        extras=extras, image_config=image_config, transport=transport)
+            kwargs.pop("detach", None)
+            container = client.containers.create(**kwargs)
+            try:
+                transport.populate(container, extras.mounts)
+                if extras.entrypoint_prefix and image_config is not None:
+                    _check_command(client, str(container.id), kwargs, len(extras.entrypoint_prefix), image_config)
+            except BaseException:
+                container.remove(force=True)
+                raise
+            return container
     except docker.errors.ImageNotFound as error:
         raise nitro_cli_error(
             "EnclaveBootFailure",
@@ -251,26 +245,24 @@ def _create_container(settings: Settings, info: EnclaveInfo, client: docker.Dock
         ) from error
 
 
+@contextlib.contextmanager
+def _as_boot_failure() -> Iterator[None]:
+    """nitro-emu's own failures on the way to a boot (the transport's) as nitro-cli's E36."""
+    try:
+        yield
+    except NitroCliError:
+        raise
+    except EmulatorError as error:
+        raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
+
+
 def _prepare_transport(settings: Settings, info: EnclaveInfo, client: docker.DockerClient) -> None:
     """What the enclave and its supervisor will both refer to (the engine transport's volume)."""
     from emulator.enclave.container import labels
-    from emulator.transport.selection import transport_named
+    from emulator.transport.selection import transport_of
 
-    try:
-        transport_named(str(info.extra.get("transport", "host"))).prepare(
-            client, settings, info, labels(settings, info, supervisor_pid=0))
-    except EmulatorError as error:
-        raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
-
-
-def _transport_for(settings: Settings, client: docker.DockerClient) -> Choice:
-    """The transport of the next enclave (``NITRO_EMU_TRANSPORT``; a bad choice is E36)."""
-    from emulator.transport.selection import choose
-
-    try:
-        return choose(settings, client)
-    except EmulatorError as error:
-        raise nitro_cli_error("EnclaveBootFailure", detail=str(error)) from error
+    with _as_boot_failure():
+        transport_of(info).prepare(client, settings, info, labels(settings, info, supervisor_pid=0))
 
 
 def _check_command(client: docker.DockerClient, container_id: str, kwargs: dict[str, Any], prefix: int,
@@ -372,7 +364,10 @@ def run_enclave(
     reap(settings, client)
     summary: EifSummary = summarize_eif(settings, client, Path(eif_path))
     check_memory(memory_mib, summary.size)
-    transport = _transport_for(settings, client)
+    from emulator.transport.selection import choose
+
+    with _as_boot_failure():  # NITRO_EMU_TRANSPORT: a bad choice is E36
+        transport = choose(settings, client)
     instance = load_instance_id(settings, instance_id)
     with home_lock(settings):
         records = list_records(settings)

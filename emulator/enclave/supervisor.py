@@ -160,9 +160,9 @@ class Supervisor:
             )
 
     def _transport(self) -> Any:
-        from emulator.transport.selection import transport_named
+        from emulator.transport.selection import transport_of
 
-        return transport_named(str(self.enclave.extra.get("transport", "host")))
+        return transport_of(self.enclave)
 
     def _lost(self, reason: str) -> None:
         """The link to the engine broke: the enclave cannot reach its NSM any more; end it."""

@@ -269,7 +269,7 @@ class CompanionLink:
             self._socket.close()
 
 
-def wait_removed(client: docker.DockerClient, volume: str, timeout: float = 10.0) -> None:
+def remove_volume(client: docker.DockerClient, volume: str, timeout: float = 10.0) -> None:
     """Remove a volume, retrying while a container that is being removed still holds it."""
     import docker.errors
 

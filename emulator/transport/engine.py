@@ -36,9 +36,9 @@ from emulator.transport.companion import (
     ensure_companion_image,
     files_archive,
     volume_name,
-    wait_removed,
+    remove_volume,
 )
-from emulator.vsock.enclave import ABSTRACT_PREFIX, short_path
+from emulator.vsock.enclave import VMADDR_PORT_ANY, abstract_name, connect_path, parse_peer, short_path
 
 if TYPE_CHECKING:
     import docker
@@ -60,11 +60,6 @@ def _relative(inside: str) -> str:
     if not inside.startswith(prefix) or ".." in inside.split("/"):
         raise EngineTransportError(f"{inside} is not under {ENCLAVE_RUN_DIR}: the engine transport shares only that")
     return inside[len(prefix):]
-
-
-def _connect(sock: socket.socket, path: str) -> None:
-    with short_path(path) as usable:
-        sock.connect(usable)
 
 
 def _bind(sock: socket.socket, path: str) -> None:
@@ -93,10 +88,8 @@ def host_resolvers(settings: Settings, cid: int) -> tuple[relay.Resolver, relay.
 
     def peer_for(name: str, peer: str) -> str | None:
         # The enclave names its own port; its CID is the one it was given, whatever it claims.
-        if not peer.startswith(ABSTRACT_PREFIX):
-            return None
-        _, _, port = peer[len(ABSTRACT_PREFIX):].rpartition(":")
-        return f"{ABSTRACT_PREFIX}{cid}:{port}" if port.isdecimal() else None
+        _, port = parse_peer("\0" + peer)
+        return None if port == VMADDR_PORT_ANY else abstract_name(cid, port)[1:].decode("ascii")
 
     return open_path, listen_path, peer_for
 
@@ -149,7 +142,7 @@ class EngineTransport(Transport):
 
         def make_relay(fd: int, inbound: Callable[[bytes], bytes]) -> relay.Relay:
             return relay.Relay(fd, fd, open_path=open_path, listen_path=listen_path, parity=1,
-                               inbound=inbound, peer_for=peer_for, connect=_connect, bind=_bind, log=log)
+                               inbound=inbound, peer_for=peer_for, connect=connect_path, bind=_bind, log=log)
 
         companion_labels = {key: value for key, value in labels.items() if key != LABEL_ENCLAVE_ID}
         companion_labels[LABEL_COMPANION_OF] = enclave.enclave_id
@@ -166,7 +159,7 @@ class EngineTransport(Transport):
         return EngineLink(link)
 
     def remove(self, client: docker.DockerClient, settings: Settings, enclave_id: str) -> None:
-        wait_removed(client, volume_name(enclave_id))
+        remove_volume(client, volume_name(enclave_id))
 
     def reap(self, client: docker.DockerClient, settings: Settings, live_ids: set[str]) -> list[str]:
         import docker.errors

@@ -34,6 +34,8 @@ from emulator.transport.base import Transport
 if TYPE_CHECKING:
     import docker
 
+    from emulator.enclave.state import EnclaveInfo
+
 ENV_TRANSPORT = "NITRO_EMU_TRANSPORT"
 CHOICES = ("auto", "host", "engine")
 _PROBE_TIMEOUT_S = 30.0
@@ -65,6 +67,19 @@ def transport_named(name: str) -> Transport:
     from emulator.transport.host import HostTransport
 
     return HostTransport()
+
+
+def transport_of(enclave: EnclaveInfo | None) -> Transport:
+    """The transport an enclave's record names; for no record, the one that leaves things
+    in the engine to remove (engine), since nobody knows which it had."""
+    if enclave is None:
+        return transport_named("engine")
+    return transport_named(str(enclave.extra.get("transport", "host")))
+
+
+def every_transport() -> list[Transport]:
+    """Each transport once (the reaper asks each what killed processes left)."""
+    return [transport_named(name) for name in ("host", "engine")]
 
 
 def requested() -> str:

@@ -63,7 +63,9 @@ while True:
 """
 
 
-def build_image(client: docker.DockerClient, base: str) -> str:
+def build_image(client: docker.DockerClient, base: str, *, app: str = APP,
+                tag: str = "nitro-emu-bench/runtime:latest") -> str:
+    """An image FROM ``base`` running ``app`` with nitro-emu's in-enclave NSM client."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         def add(name: str, data: bytes) -> None:
@@ -72,23 +74,23 @@ def build_image(client: docker.DockerClient, base: str) -> str:
             archive.addfile(info, io.BytesIO(data))
         for source in sorted((ROOT / "fake_nsm").glob("*.py")):
             add(f"fake_nsm/{source.name}", source.read_bytes())
-        add("app.py", APP.encode())
+        add("app.py", app.encode())
         add("Dockerfile", (
             f"FROM {base}\nCOPY fake_nsm /opt/nitro-emu/fake_nsm\nENV PYTHONPATH=/opt/nitro-emu\n"
             'COPY app.py /app/app.py\nCMD ["python3", "-u", "/app/app.py"]\n').encode())
-    tag = "nitro-emu-bench/runtime:latest"
     client.images.build(fileobj=io.BytesIO(buffer.getvalue()), custom_context=True, tag=tag, rm=True, forcerm=True)
     return tag
 
 
-def answer_time(read_logs, timeout: float = 60.0) -> float:
+def answer_time(read_logs, timeout: float = 60.0, *, key: str = "ANSWER", poll: float = 0.05) -> float:
+    """The number on the app's first ``<key> <number>`` line (waits for it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in read_logs().decode(errors="replace").splitlines():
-            if line.startswith("ANSWER "):
+            if line.startswith(key + " "):
                 return float(line.split()[1])
-        time.sleep(0.05)
-    raise RuntimeError("no ANSWER line")
+        time.sleep(poll)
+    raise RuntimeError(f"no {key} line")
 
 
 def run_baseline(client: docker.DockerClient, tag: str, **options: object) -> float:

@@ -16,11 +16,9 @@ throughput is in ``bench/vsock.py --engine-transport``.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import _machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+from runtime import answer_time, build_image  # noqa: E402  (bench/runtime.py: the same app image)
 
 APP = r"""
 import os, statistics, time
@@ -55,32 +54,8 @@ while True:
 """
 
 
-def build_image(client: docker.DockerClient, base: str) -> str:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 0
-            archive.addfile(info, io.BytesIO(data))
-        for source in sorted((ROOT / "fake_nsm").glob("*.py")):
-            add(f"fake_nsm/{source.name}", source.read_bytes())
-        add("app.py", APP.encode())
-        add("Dockerfile", (
-            f"FROM {base}\nCOPY fake_nsm /opt/nitro-emu/fake_nsm\nENV PYTHONPATH=/opt/nitro-emu\n"
-            'COPY app.py /app/app.py\nCMD ["python3", "-u", "/app/app.py"]\n').encode())
-    tag = "nitro-emu-bench/transport:latest"
-    client.images.build(fileobj=io.BytesIO(buffer.getvalue()), custom_context=True, tag=tag, rm=True, forcerm=True)
-    return tag
-
-
-def value_of(read_logs, key: str, timeout: float = 60.0) -> float:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in read_logs().decode(errors="replace").splitlines():
-            if line.startswith(key + " "):
-                return float(line.split()[1])
-        time.sleep(0.02)
-    raise RuntimeError(f"no {key} line")
+def value_of(read_logs, key: str) -> float:  # type: ignore[no-untyped-def]
+    return answer_time(read_logs, key=key, poll=0.02)
 
 
 def bare(client: docker.DockerClient, tag: str) -> float:
@@ -118,7 +93,7 @@ def main() -> int:
     print(f"machine: {_machine.machine(load=True)}")
     with tempfile.TemporaryDirectory(prefix="nitro-emu-bench-") as scratch:
         os.environ["NITRO_EMU_HOME"] = os.path.join(scratch, "h")
-        tag = build_image(client, ensure_base_image(client))
+        tag = build_image(client, ensure_base_image(client), app=APP, tag="nitro-emu-bench/transport:latest")
         eif = Path(scratch) / "bench.eif"
         build_eif(client, tag, eif)
         memory = -(-eif.stat().st_size // (1 << 20)) * 4
